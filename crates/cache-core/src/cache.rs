@@ -1,0 +1,991 @@
+//! The multi-level cache engine: L1 → tiers → loader, with singleflight, XFetch early refresh,
+//! fail-safe, negative caching and distributed invalidation.
+
+use std::collections::HashSet;
+use std::future::Future;
+use std::hash::{BuildHasher, Hash};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Weak};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use futures::future::BoxFuture;
+use futures::{StreamExt, future::join_all};
+use parking_lot::Mutex;
+
+use crate::bus::{BusEvent, InstanceId, Invalidation, InvalidationBus, InvalidationTarget, Subscription};
+use crate::clock::{Clock, SystemClock, Timestamp};
+use crate::codec::{Codec, CodecContext, CodecPipeline};
+use crate::error::{BoxError, CacheError, ConfigError, FrameError, SerializeError};
+use crate::expiry::{new_meta, should_refresh_early};
+use crate::frame::{self, Frame};
+use crate::key::{CacheKey, Key, Namespace, validate_name};
+use crate::l1::{L1Cache, L1Config};
+use crate::meta::EntryMeta;
+use crate::observer::{CacheEvent, CacheObserver, L1, LoadOutcome, Observers, StaleReason};
+use crate::options::EntryOptions;
+use crate::serializer::Serializer;
+use crate::singleflight::SingleFlight;
+use crate::source::Loader;
+use crate::tier::{StoredEntry, Tier, TierHealth};
+
+/// The result of a read: the value, `None` for "not found".
+pub type LoadResult<V> = Result<Option<Arc<V>>, CacheError>;
+
+/// A one-shot load function (the configured [`Loader`] or a caller's closure).
+type LoadFn<K, V> = Box<dyn FnOnce(K) -> BoxFuture<'static, Result<Option<V>, BoxError>> + Send>;
+
+/// A weigher for L1 entries: the value's approximate size in bytes.
+pub type Weigher<K, V> = Arc<dyn Fn(&K, &V) -> u64 + Send + Sync>;
+
+/// The default largest serialized value (16 MiB).
+pub const DEFAULT_MAX_VALUE_BYTES: usize = 16 * 1024 * 1024;
+
+const EPOCH_STRIPES: usize = 256;
+
+/// Striped invalidation epochs: a load that raced with an invalidation of its key (or of
+/// everything) returns its value to its waiters but does not store it.
+struct Epochs {
+    stripes: Box<[AtomicU64]>,
+    hasher: std::collections::hash_map::RandomState,
+}
+
+impl Epochs {
+    fn new() -> Self {
+        Self { stripes: (0..EPOCH_STRIPES).map(|_| AtomicU64::new(0)).collect(), hasher: Default::default() }
+    }
+    fn slot<K: Hash>(&self, ns: &Namespace, key: &K) -> &AtomicU64 {
+        let h = self.hasher.hash_one((ns.as_str(), key));
+        &self.stripes[(h as usize) % EPOCH_STRIPES]
+    }
+    fn get<K: Hash>(&self, ns: &Namespace, key: &K) -> u64 {
+        self.slot(ns, key).load(Ordering::Acquire)
+    }
+    fn bump<K: Hash>(&self, ns: &Namespace, key: &K) {
+        self.slot(ns, key).fetch_add(1, Ordering::AcqRel);
+    }
+    fn bump_all(&self) {
+        for s in self.stripes.iter() {
+            s.fetch_add(1, Ordering::AcqRel);
+        }
+    }
+}
+
+struct Fallback<V> {
+    value: Option<Arc<V>>,
+    meta: Arc<EntryMeta>,
+}
+
+struct Inner<K, V> {
+    name: Arc<str>,
+    l1: Option<L1Cache<K, V>>,
+    weigher: Option<Weigher<K, V>>,
+    tiers: Vec<Arc<dyn Tier>>,
+    pipeline: CodecPipeline,
+    serializer: Option<Arc<dyn Serializer<V>>>,
+    loader: Option<Arc<dyn Loader<K, V>>>,
+    observers: Observers,
+    clock: Arc<dyn Clock>,
+    options: EntryOptions,
+    flights: SingleFlight<(Namespace, K), LoadResult<V>>,
+    refreshing: Mutex<HashSet<(Namespace, K)>>,
+    epochs: Epochs,
+    bus: Option<Arc<dyn InvalidationBus>>,
+    bus_task: Mutex<Option<tokio::task::AbortHandle>>,
+    instance: InstanceId,
+    max_value_bytes: usize,
+    seq: AtomicU64,
+}
+
+impl<K, V> Drop for Inner<K, V> {
+    fn drop(&mut self) {
+        if let Some(h) = self.bus_task.lock().take() {
+            h.abort();
+        }
+    }
+}
+
+/// A typed multi-level cache. Cheap to clone; clones share everything.
+///
+/// See the [crate documentation](crate) for the read path. Build one with [`Cache::builder`].
+pub struct Cache<K, V> {
+    inner: Arc<Inner<K, V>>,
+    ns: Namespace,
+}
+
+impl<K, V> Clone for Cache<K, V> {
+    fn clone(&self) -> Self {
+        Self { inner: self.inner.clone(), ns: self.ns.clone() }
+    }
+}
+
+impl<K, V> std::fmt::Debug for Cache<K, V> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Cache")
+            .field("name", &self.inner.name)
+            .field("namespace", &self.ns)
+            .field("tiers", &self.inner.tiers.iter().map(|t| t.name().to_owned()).collect::<Vec<_>>())
+            .field("codecs", &self.inner.pipeline)
+            .finish()
+    }
+}
+
+/// What [`Cache::warm`] did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct WarmReport {
+    /// Keys now cached with a value.
+    pub loaded: usize,
+    /// Keys the source does not have.
+    pub not_found: usize,
+    /// Keys whose load failed.
+    pub failed: usize,
+}
+
+/// Builds a [`Cache`]. Defaults: an L1 of 10,000 entries, no remote tier, a 5-minute TTL, no
+/// early refresh, no fail-safe, the system clock.
+#[must_use]
+pub struct CacheBuilder<K, V> {
+    name: String,
+    namespace: Option<String>,
+    l1: Option<L1Config>,
+    weigher: Option<Weigher<K, V>>,
+    tiers: Vec<Arc<dyn Tier>>,
+    codecs: Vec<Arc<dyn Codec>>,
+    serializer: Option<Arc<dyn Serializer<V>>>,
+    loader: Option<Arc<dyn Loader<K, V>>>,
+    observers: Vec<Arc<dyn CacheObserver>>,
+    clock: Arc<dyn Clock>,
+    options: EntryOptions,
+    bus: Option<Arc<dyn InvalidationBus>>,
+    max_value_bytes: usize,
+}
+
+impl<K, V> CacheBuilder<K, V>
+where
+    K: CacheKey,
+    V: Send + Sync + 'static,
+{
+    fn new(name: String) -> Self {
+        Self {
+            name,
+            namespace: None,
+            l1: Some(L1Config::default()),
+            weigher: None,
+            tiers: Vec::new(),
+            codecs: Vec::new(),
+            serializer: None,
+            loader: None,
+            observers: Vec::new(),
+            clock: Arc::new(SystemClock),
+            options: EntryOptions::default(),
+            bus: None,
+            max_value_bytes: DEFAULT_MAX_VALUE_BYTES,
+        }
+    }
+
+    /// Sets the L1 bounds.
+    pub fn l1(mut self, config: L1Config) -> Self {
+        self.l1 = Some(config);
+        self
+    }
+
+    /// Runs without L1 (every read goes to the tiers).
+    pub fn no_l1(mut self) -> Self {
+        self.l1 = None;
+        self
+    }
+
+    /// Weighs L1 entries (bytes). Without it, an entry weighs its frame's size when one was
+    /// encoded, else `size_of::<V>()`.
+    pub fn weigher(mut self, f: impl Fn(&K, &V) -> u64 + Send + Sync + 'static) -> Self {
+        self.weigher = Some(Arc::new(f));
+        self
+    }
+
+    /// Adds a byte-level tier below the previous ones (L2, then L3, ...).
+    pub fn tier(mut self, tier: Arc<dyn Tier>) -> Self {
+        self.tiers.push(tier);
+        self
+    }
+
+    /// Appends a codec to the pipeline (applied after serialization, in call order).
+    pub fn codec(mut self, codec: Arc<dyn Codec>) -> Self {
+        self.codecs.push(codec);
+        self
+    }
+
+    /// Sets the serializer (required when there is a tier).
+    pub fn serializer(mut self, s: impl Serializer<V>) -> Self {
+        self.serializer = Some(Arc::new(s));
+        self
+    }
+
+    /// Sets the serializer from an `Arc`.
+    pub fn serializer_arc(mut self, s: Arc<dyn Serializer<V>>) -> Self {
+        self.serializer = Some(s);
+        self
+    }
+
+    /// Sets the loader used by [`Cache::get_or_load`], [`Cache::get_many`] and [`Cache::warm`].
+    pub fn loader(mut self, loader: impl Loader<K, V>) -> Self {
+        self.loader = Some(Arc::new(loader));
+        self
+    }
+
+    /// Sets the loader from an `Arc`.
+    pub fn loader_arc(mut self, loader: Arc<dyn Loader<K, V>>) -> Self {
+        self.loader = Some(loader);
+        self
+    }
+
+    /// Adds an observer (several may be added).
+    pub fn observer(mut self, o: Arc<dyn CacheObserver>) -> Self {
+        self.observers.push(o);
+        self
+    }
+
+    /// Replaces the clock.
+    pub fn clock(mut self, clock: Arc<dyn Clock>) -> Self {
+        self.clock = clock;
+        self
+    }
+
+    /// Sets the default entry options.
+    pub fn options(mut self, options: EntryOptions) -> Self {
+        self.options = options;
+        self
+    }
+
+    /// Sets the invalidation bus.
+    pub fn bus(mut self, bus: Arc<dyn InvalidationBus>) -> Self {
+        self.bus = Some(bus);
+        self
+    }
+
+    /// Sets the namespace used by the returned handle (default `"default"`).
+    pub fn namespace(mut self, ns: impl Into<String>) -> Self {
+        self.namespace = Some(ns.into());
+        self
+    }
+
+    /// Sets the largest accepted serialized value (default 16 MiB).
+    pub fn max_value_bytes(mut self, n: usize) -> Self {
+        self.max_value_bytes = n;
+        self
+    }
+
+    /// Validates the configuration, subscribes to the bus (if any) and returns the cache.
+    ///
+    /// Must run inside a tokio runtime when a bus is configured (the listener is a task on the
+    /// caller's runtime, stopped when the last clone of the cache is dropped).
+    pub async fn build(self) -> Result<Cache<K, V>, CacheError> {
+        validate_name("cache", &self.name)?;
+        self.options.validate()?;
+        if self.max_value_bytes == 0 {
+            return Err(ConfigError::new("max_value_bytes", "must be greater than zero").into());
+        }
+        if !self.tiers.is_empty() && self.serializer.is_none() {
+            return Err(ConfigError::new(
+                "serializer",
+                "a cache with remote tiers needs a serializer (e.g. .serializer(Postcard))",
+            )
+            .into());
+        }
+        if self.l1.is_none() && self.tiers.is_empty() {
+            return Err(ConfigError::new("tiers", "a cache needs an L1 or at least one tier").into());
+        }
+        let mut pipeline = CodecPipeline::new();
+        for c in self.codecs {
+            pipeline.push(c)?;
+        }
+        let name: Arc<str> = Arc::from(self.name.as_str());
+        let observers = Observers(self.observers.into());
+        let l1 = self.l1.map(|c| L1Cache::new(c, name.clone(), observers.clone())).transpose()?;
+        let ns = match &self.namespace {
+            Some(n) => Namespace::new(n)?,
+            None => Namespace::default_namespace(),
+        };
+        let inner = Arc::new(Inner {
+            name,
+            l1,
+            weigher: self.weigher,
+            tiers: self.tiers,
+            pipeline,
+            serializer: self.serializer,
+            loader: self.loader,
+            observers,
+            clock: self.clock,
+            options: self.options,
+            flights: SingleFlight::new(),
+            refreshing: Mutex::new(HashSet::new()),
+            epochs: Epochs::new(),
+            bus: self.bus,
+            bus_task: Mutex::new(None),
+            instance: InstanceId::random(),
+            max_value_bytes: self.max_value_bytes,
+            seq: AtomicU64::new(0),
+        });
+        if let Some(bus) = &inner.bus {
+            let sub = bus.subscribe().await?;
+            let task = tokio::spawn(listen(Arc::downgrade(&inner), sub));
+            *inner.bus_task.lock() = Some(task.abort_handle());
+        }
+        Ok(Cache { inner, ns })
+    }
+}
+
+async fn listen<K: CacheKey, V: Send + Sync + 'static>(weak: Weak<Inner<K, V>>, mut sub: Subscription) {
+    while let Some(ev) = sub.recv().await {
+        let Some(inner) = weak.upgrade() else { return };
+        inner.apply_bus_event(ev);
+    }
+}
+
+impl<K, V> Cache<K, V>
+where
+    K: CacheKey,
+    V: Send + Sync + 'static,
+{
+    /// Starts a builder for a cache named `name` (`[A-Za-z0-9_.-]`, 1–64 chars).
+    pub fn builder(name: impl Into<String>) -> CacheBuilder<K, V> {
+        CacheBuilder::new(name.into())
+    }
+
+    /// The cache's name.
+    pub fn name(&self) -> &str {
+        &self.inner.name
+    }
+
+    /// The namespace this handle reads and writes.
+    pub fn namespace(&self) -> &Namespace {
+        &self.ns
+    }
+
+    /// A handle on the same cache for another namespace.
+    pub fn in_namespace(&self, ns: &str) -> Result<Self, CacheError> {
+        Ok(Self { inner: self.inner.clone(), ns: Namespace::new(ns)? })
+    }
+
+    /// The default entry options.
+    pub fn options(&self) -> &EntryOptions {
+        &self.inner.options
+    }
+
+    /// The L1 tier, if any.
+    pub fn l1(&self) -> Option<&L1Cache<K, V>> {
+        self.inner.l1.as_ref()
+    }
+
+    /// The tiers' names, top to bottom.
+    pub fn tier_names(&self) -> Vec<String> {
+        self.inner.tiers.iter().map(|t| t.name().to_owned()).collect()
+    }
+
+    /// This instance's id on the bus.
+    pub fn instance_id(&self) -> InstanceId {
+        self.inner.instance
+    }
+
+    /// Health of every tier.
+    pub async fn health(&self) -> Vec<(String, TierHealth)> {
+        let checks = self.inner.tiers.iter().map(|t| async move { (t.name().to_owned(), t.health().await) });
+        join_all(checks).await
+    }
+
+    /// Reads a fresh value from L1 or the tiers, without calling the loader.
+    pub async fn get(&self, key: &K) -> LoadResult<V> {
+        let inner = &self.inner;
+        let now = inner.clock.now();
+        if let Some(e) = inner.l1.as_ref().and_then(|l1| l1.get(&self.ns, key, now)) {
+            if e.meta.is_fresh(now) {
+                inner.observers.emit(&CacheEvent::Hit { cache: &inner.name, tier: L1 });
+                return Ok(e.value);
+            }
+        }
+        if inner.l1.is_some() {
+            inner.observers.emit(&CacheEvent::Miss { cache: &inner.name, tier: L1 });
+        }
+        let epoch = inner.epochs.get(&self.ns, key);
+        let skey = inner.storage_key(&self.ns, key)?;
+        let (hit, _) = inner.read_tiers(&self.ns, key, &skey, now, None, epoch).await;
+        Ok(hit.and_then(|f| f.value))
+    }
+
+    /// Reads through every level, calling the configured loader on a miss.
+    pub async fn get_or_load(&self, key: &K) -> LoadResult<V> {
+        let loader = self.inner.loader.clone().ok_or_else(|| CacheError::NoLoader(self.inner.name.clone()))?;
+        self.read_through(key, move || -> LoadFn<K, V> {
+            Box::new(move |k: K| Box::pin(async move { loader.load(&k).await }))
+        })
+        .await
+    }
+
+    /// Reads through every level, calling `load` on a miss (at most once across concurrent
+    /// callers of the same key).
+    pub async fn get_or_load_with<F, Fut>(&self, key: &K, load: F) -> LoadResult<V>
+    where
+        F: FnOnce(K) -> Fut + Send + 'static,
+        Fut: Future<Output = Result<Option<V>, BoxError>> + Send + 'static,
+    {
+        self.read_through(key, move || -> LoadFn<K, V> { Box::new(move |k: K| Box::pin(load(k))) }).await
+    }
+
+    async fn read_through(&self, key: &K, make_load: impl FnOnce() -> LoadFn<K, V>) -> LoadResult<V> {
+        let inner = &self.inner;
+        if let Some(l1) = &inner.l1 {
+            let now = inner.clock.now();
+            if let Some(e) = l1.get(&self.ns, key, now) {
+                if e.meta.is_fresh(now) {
+                    inner.observers.emit(&CacheEvent::Hit { cache: &inner.name, tier: L1 });
+                    if inner.options.early_refresh_beta > 0.0 {
+                        inner.maybe_refresh_early(&self.ns, key, &e.meta, now, make_load);
+                    }
+                    return Ok(e.value);
+                }
+            }
+            inner.observers.emit(&CacheEvent::Miss { cache: &inner.name, tier: L1 });
+        }
+        let this = inner.clone();
+        let (ns, k) = (self.ns.clone(), key.clone());
+        let (result, leader) = inner
+            .flights
+            .run((self.ns.clone(), key.clone()), move || Box::pin(this.resolve(ns, k, make_load(), None)))
+            .await;
+        if !leader {
+            inner.observers.emit(&CacheEvent::Coalesced { cache: &inner.name });
+        }
+        result
+    }
+
+    /// Reads many keys: L1 first, then each tier with one batched call for the keys still
+    /// missing, then the loader (if configured) for the rest, concurrently. Results are in `keys`
+    /// order.
+    pub async fn get_many(&self, keys: &[K]) -> Result<Vec<Option<Arc<V>>>, CacheError> {
+        let inner = &self.inner;
+        let now = inner.clock.now();
+        let mut out: Vec<Option<Arc<V>>> = vec![None; keys.len()];
+        let mut missing = Vec::new();
+        for (i, k) in keys.iter().enumerate() {
+            match inner.l1.as_ref().and_then(|l1| l1.get(&self.ns, k, now)) {
+                Some(e) if e.meta.is_fresh(now) => {
+                    inner.observers.emit(&CacheEvent::Hit { cache: &inner.name, tier: L1 });
+                    out[i] = e.value;
+                }
+                _ => {
+                    if inner.l1.is_some() {
+                        inner.observers.emit(&CacheEvent::Miss { cache: &inner.name, tier: L1 });
+                    }
+                    missing.push(i);
+                }
+            }
+        }
+        let mut pending: Vec<(usize, Key)> = Vec::with_capacity(missing.len());
+        for i in missing {
+            pending.push((i, inner.storage_key(&self.ns, &keys[i])?));
+        }
+        for (ti, tier) in inner.tiers.iter().enumerate() {
+            if pending.is_empty() {
+                break;
+            }
+            let batch: Vec<Key> = pending.iter().map(|(_, k)| k.clone()).collect();
+            let frames = match tier.get_many(&batch).await {
+                Ok(f) if f.len() == batch.len() => f,
+                Ok(f) => {
+                    let err = crate::error::TierError::new(
+                        tier.name().to_owned(),
+                        crate::error::TierErrorKind::Protocol,
+                        format!("get_many returned {} results for {} keys", f.len(), batch.len()),
+                    );
+                    inner.observers.emit(&CacheEvent::TierError { cache: &inner.name, error: &err });
+                    continue;
+                }
+                Err(err) => {
+                    inner.observers.emit(&CacheEvent::TierError { cache: &inner.name, error: &err });
+                    continue;
+                }
+            };
+            let mut still = Vec::new();
+            let mut fills: Vec<(Key, StoredEntry)> = Vec::new();
+            for ((i, skey), frame) in pending.into_iter().zip(frames) {
+                let hit = frame.and_then(|bytes| match inner.decode(&skey, &bytes) {
+                    Ok((meta, value)) if meta.is_fresh(now) => Some((meta, value, bytes)),
+                    Ok(_) => None,
+                    Err(e) => {
+                        inner.report_decode_error(tier.name(), &e);
+                        None
+                    }
+                });
+                let Some((meta, value, bytes)) = hit else {
+                    inner.observers.emit(&CacheEvent::Miss { cache: &inner.name, tier: tier.name() });
+                    still.push((i, skey));
+                    continue;
+                };
+                inner.observers.emit(&CacheEvent::Hit { cache: &inner.name, tier: tier.name() });
+                let value = value.map(Arc::new);
+                if let Some(l1) = &inner.l1 {
+                    let w = inner.weight(&keys[i], value.as_deref(), Some(bytes.len()));
+                    l1.insert(&self.ns, keys[i].clone(), value.clone(), Arc::new(meta.clone()), w);
+                }
+                fills.push((skey, StoredEntry { meta, frame: bytes }));
+                out[i] = value;
+            }
+            if !fills.is_empty() {
+                let sets = inner.tiers[..ti].iter().map(|t| t.set_many(&fills));
+                for r in join_all(sets).await {
+                    if let Err(err) = r {
+                        inner.observers.emit(&CacheEvent::TierError { cache: &inner.name, error: &err });
+                    }
+                }
+            }
+            pending = still;
+        }
+        let missing: Vec<usize> = pending.into_iter().map(|(i, _)| i).collect();
+        if inner.loader.is_some() && !missing.is_empty() {
+            let loads = missing.iter().map(|&i| self.get_or_load(&keys[i]));
+            let results = join_all(loads).await;
+            for (&i, r) in missing.iter().zip(results) {
+                out[i] = r?;
+            }
+        }
+        Ok(out)
+    }
+
+    /// Writes a value with the cache's default options: L1, every tier, then publishes an
+    /// invalidation so other instances drop their L1 copy. Nothing changes if the value cannot
+    /// be encoded.
+    pub async fn set(&self, key: K, value: V) -> Result<Arc<V>, CacheError> {
+        self.set_with(key, value, &self.inner.options.clone()).await
+    }
+
+    /// Like [`Cache::set`] with explicit options.
+    pub async fn set_with(&self, key: K, value: V, options: &EntryOptions) -> Result<Arc<V>, CacheError> {
+        options.validate()?;
+        let inner = &self.inner;
+        let skey = inner.storage_key(&self.ns, &key)?;
+        let now = inner.clock.now();
+        let meta = new_meta(options, now, Duration::ZERO, false, inner.next_version(now), fastrand::f64());
+        let value = Arc::new(value);
+        let frame = inner.encode_if_needed(&skey, Some(&value), &meta)?;
+        inner.epochs.bump(&self.ns, &key);
+        inner.store(&self.ns, key.clone(), &skey, Some(value.clone()), Arc::new(meta), frame).await;
+        inner.publish(&self.ns, InvalidationTarget::Key(key.key_id())).await;
+        Ok(value)
+    }
+
+    /// Removes a key from L1 and every tier, then publishes the invalidation.
+    pub async fn invalidate(&self, key: &K) -> Result<(), CacheError> {
+        let inner = &self.inner;
+        let skey = inner.storage_key(&self.ns, key)?;
+        inner.epochs.bump(&self.ns, key);
+        if let Some(l1) = &inner.l1 {
+            l1.remove(&self.ns, key);
+        }
+        let dels = inner.tiers.iter().map(|t| t.delete(&skey));
+        for r in join_all(dels).await {
+            if let Err(err) = r {
+                inner.observers.emit(&CacheEvent::TierError { cache: &inner.name, error: &err });
+            }
+        }
+        inner.publish(&self.ns, InvalidationTarget::Key(key.key_id())).await;
+        Ok(())
+    }
+
+    /// Drops every L1 entry of this cache (all namespaces); tiers are untouched.
+    pub fn clear_l1(&self) {
+        self.inner.epochs.bump_all();
+        if let Some(l1) = &self.inner.l1 {
+            l1.clear();
+        }
+    }
+
+    /// Loads `keys` through the normal read path with at most `concurrency` loads at a time.
+    pub async fn warm(&self, keys: impl IntoIterator<Item = K>, concurrency: usize) -> WarmReport {
+        let results: Vec<LoadResult<V>> = futures::stream::iter(keys)
+            .map(|k| async move { self.get_or_load(&k).await })
+            .buffer_unordered(concurrency.max(1))
+            .collect()
+            .await;
+        let mut report = WarmReport::default();
+        for r in results {
+            match r {
+                Ok(Some(_)) => report.loaded += 1,
+                Ok(None) => report.not_found += 1,
+                Err(_) => report.failed += 1,
+            }
+        }
+        report
+    }
+}
+
+impl<K, V> Inner<K, V>
+where
+    K: CacheKey,
+    V: Send + Sync + 'static,
+{
+    fn storage_key(&self, ns: &Namespace, key: &K) -> Result<Key, CacheError> {
+        Key::with_cache(self.name.clone(), ns.clone(), &key.key_id())
+    }
+
+    fn next_version(&self, now: Timestamp) -> u64 {
+        (now.0 << 16) | (self.seq.fetch_add(1, Ordering::Relaxed) & 0xffff)
+    }
+
+    fn weight(&self, key: &K, value: Option<&V>, frame_len: Option<usize>) -> u64 {
+        match (&self.weigher, value) {
+            (Some(w), Some(v)) => w(key, v),
+            _ => frame_len.map_or(std::mem::size_of::<V>() as u64, |n| n as u64),
+        }
+    }
+
+    fn report_decode_error(&self, tier: &str, e: &CacheError) {
+        if let CacheError::Codec(c) = e {
+            self.observers.emit(&CacheEvent::CodecRejected { cache: &self.name, tier, error: c });
+        }
+        self.observers.emit(&CacheEvent::DecodeError { cache: &self.name, tier, error: e });
+        tracing::warn!(cache = %self.name, tier, error = %e, "undecodable entry treated as a miss");
+    }
+
+    /// Encodes a frame when there are tiers to write it to.
+    fn encode_if_needed(&self, skey: &Key, value: Option<&V>, meta: &EntryMeta) -> Result<Option<Bytes>, CacheError> {
+        if self.tiers.is_empty() {
+            return Ok(None);
+        }
+        let serializer = self.serializer.as_ref().ok_or_else(|| ConfigError::new("serializer", "missing"))?;
+        let meta_section = frame::encode_meta(meta, serializer.id())?;
+        let payload = match value {
+            Some(v) => serializer.serialize(v)?,
+            None => Vec::new(),
+        };
+        if payload.len() > self.max_value_bytes {
+            return Err(CacheError::TooLarge { cache: self.name.clone(), size: payload.len(), limit: self.max_value_bytes });
+        }
+        let ctx = CodecContext { key: skey, meta_section: &meta_section };
+        let (steps, out) = self.pipeline.encode(&ctx, Bytes::from(payload))?;
+        Ok(Some(Frame::finish(meta_section, &steps, &out)?))
+    }
+
+    /// Decodes a frame read from a tier. Hostile bytes give an error, never a panic.
+    fn decode(&self, skey: &Key, bytes: &Bytes) -> Result<(EntryMeta, Option<V>), CacheError> {
+        let limit = self.max_value_bytes.saturating_add(64 * 1024);
+        if bytes.len() > limit {
+            return Err(FrameError::TooLarge { size: bytes.len(), limit }.into());
+        }
+        let serializer = self.serializer.as_ref().ok_or_else(|| ConfigError::new("serializer", "missing"))?;
+        let (frame, meta_len) = Frame::decode(bytes)?;
+        if frame.serializer != serializer.id() {
+            return Err(SerializeError {
+                format: "frame",
+                op: "deserialize",
+                message: format!("written with serializer id {}, this cache uses {}", frame.serializer, serializer.id()),
+            }
+            .into());
+        }
+        let ctx = CodecContext { key: skey, meta_section: &bytes[..meta_len] };
+        let payload = self.pipeline.decode(&ctx, &frame.codecs, frame.payload)?;
+        if frame.meta.negative {
+            if !payload.is_empty() {
+                return Err(FrameError::Invalid("negative entry with a payload").into());
+            }
+            return Ok((frame.meta, None));
+        }
+        if payload.len() > self.max_value_bytes {
+            return Err(FrameError::TooLarge { size: payload.len(), limit: self.max_value_bytes }.into());
+        }
+        let value = serializer.deserialize(&payload)?;
+        Ok((frame.meta, Some(value)))
+    }
+
+    /// Reads the tiers top to bottom. Returns a fresh hit (after filling the upper levels) or,
+    /// failing that, the best stale-but-servable entry seen.
+    async fn read_tiers(
+        &self,
+        ns: &Namespace,
+        key: &K,
+        skey: &Key,
+        now: Timestamp,
+        newer_than: Option<Timestamp>,
+        epoch: u64,
+    ) -> (Option<Fallback<V>>, Option<Fallback<V>>) {
+        let mut stale: Option<Fallback<V>> = None;
+        for (i, tier) in self.tiers.iter().enumerate() {
+            let bytes = match tier.get(skey).await {
+                Ok(Some(b)) => b,
+                Ok(None) => {
+                    self.observers.emit(&CacheEvent::Miss { cache: &self.name, tier: tier.name() });
+                    continue;
+                }
+                Err(err) => {
+                    self.observers.emit(&CacheEvent::TierError { cache: &self.name, error: &err });
+                    continue;
+                }
+            };
+            let (meta, value) = match self.decode(skey, &bytes) {
+                Ok(d) => d,
+                Err(e) => {
+                    self.report_decode_error(tier.name(), &e);
+                    self.observers.emit(&CacheEvent::Miss { cache: &self.name, tier: tier.name() });
+                    continue;
+                }
+            };
+            let usable = newer_than.is_none_or(|t| meta.fresh_until > t);
+            if meta.is_fresh(now) && usable {
+                self.observers.emit(&CacheEvent::Hit { cache: &self.name, tier: tier.name() });
+                let value = value.map(Arc::new);
+                let meta = Arc::new(meta);
+                let entry = StoredEntry { meta: (*meta).clone(), frame: bytes.clone() };
+                let fills = self.tiers[..i].iter().map(|t| t.set(skey, &entry));
+                for r in join_all(fills).await {
+                    if let Err(err) = r {
+                        self.observers.emit(&CacheEvent::TierError { cache: &self.name, error: &err });
+                    }
+                }
+                if let Some(l1) = &self.l1 {
+                    if self.epochs.get(ns, key) == epoch {
+                        let w = self.weight(key, value.as_deref(), Some(bytes.len()));
+                        l1.insert(ns, key.clone(), value.clone(), meta.clone(), w);
+                    }
+                }
+                return (Some(Fallback { value, meta }), stale);
+            }
+            self.observers.emit(&CacheEvent::Miss { cache: &self.name, tier: tier.name() });
+            if meta.is_servable(now) && stale.as_ref().is_none_or(|s| s.meta.fresh_until < meta.fresh_until) {
+                stale = Some(Fallback { value: value.map(Arc::new), meta: Arc::new(meta) });
+            }
+        }
+        (None, stale)
+    }
+
+    /// The singleflight leader's work: tiers, then the loader with timeouts and fail-safe.
+    async fn resolve(self: Arc<Self>, ns: Namespace, key: K, load: LoadFn<K, V>, newer_than: Option<Timestamp>) -> LoadResult<V> {
+        let epoch = self.epochs.get(&ns, &key);
+        let now = self.clock.now();
+        let skey = self.storage_key(&ns, &key)?;
+        let mut fallback = self.l1.as_ref().and_then(|l1| l1.get(&ns, &key, now)).map(|e| Fallback { value: e.value, meta: e.meta });
+        if newer_than.is_none() {
+            if let Some(f) = fallback.as_ref().filter(|f| f.meta.is_fresh(now)) {
+                // Filled by a load that finished while this one was being set up.
+                return Ok(f.value.clone());
+            }
+        }
+        let (hit, stale) = self.read_tiers(&ns, &key, &skey, now, newer_than, epoch).await;
+        if let Some(hit) = hit {
+            return Ok(hit.value);
+        }
+        if let Some(s) = stale {
+            if fallback.as_ref().is_none_or(|f| f.meta.fresh_until < s.meta.fresh_until) {
+                fallback = Some(s);
+            }
+        }
+        self.load(ns, key, skey, load, fallback, epoch).await
+    }
+
+    async fn load(
+        self: Arc<Self>,
+        ns: Namespace,
+        key: K,
+        skey: Key,
+        load: LoadFn<K, V>,
+        fallback: Option<Fallback<V>>,
+        epoch: u64,
+    ) -> LoadResult<V> {
+        let started = Instant::now();
+        let fut = load(key.clone());
+        let this = self.clone();
+        let (ns2, key2) = (ns.clone(), key.clone());
+        let mut complete: BoxFuture<'static, LoadResult<V>> =
+            Box::pin(async move { this.finish_load(ns2, key2, skey, fut.await, started, epoch).await });
+        let hard = self.options.hard_timeout;
+        if let (Some(soft), Some(fb)) = (self.options.soft_timeout, fallback.as_ref()) {
+            match tokio::time::timeout(soft, &mut complete).await {
+                Ok(r) => return self.settle(&ns, &key, r, fallback),
+                Err(_) => {
+                    // Serve stale now; let the load finish in the background (within the hard
+                    // timeout) and update the cache.
+                    let rest = hard.map(|h| h.saturating_sub(soft));
+                    tokio::spawn(async move {
+                        match rest {
+                            Some(d) => {
+                                let _ = tokio::time::timeout(d, complete).await;
+                            }
+                            None => {
+                                let _ = complete.await;
+                            }
+                        }
+                    });
+                    self.observers.emit(&CacheEvent::StaleServed { cache: &self.name, reason: StaleReason::SoftTimeout });
+                    return Ok(fb.value.clone());
+                }
+            }
+        }
+        let r = match hard {
+            Some(h) => match tokio::time::timeout(h, complete).await {
+                Ok(r) => r,
+                Err(_) => {
+                    self.observers.emit(&CacheEvent::Load {
+                        cache: &self.name,
+                        duration: started.elapsed(),
+                        outcome: LoadOutcome::Timeout,
+                    });
+                    let err = CacheError::Timeout { cache: self.name.clone(), timeout_ms: h.as_millis() as u64 };
+                    return self.fail_safe(&ns, &key, fallback, StaleReason::HardTimeout, err);
+                }
+            },
+            None => complete.await,
+        };
+        self.settle(&ns, &key, r, fallback)
+    }
+
+    fn settle(&self, ns: &Namespace, key: &K, r: LoadResult<V>, fallback: Option<Fallback<V>>) -> LoadResult<V> {
+        match r {
+            Ok(v) => Ok(v),
+            Err(e) => self.fail_safe(ns, key, fallback, StaleReason::LoaderError, e),
+        }
+    }
+
+    fn fail_safe(&self, ns: &Namespace, key: &K, fallback: Option<Fallback<V>>, reason: StaleReason, err: CacheError) -> LoadResult<V> {
+        let Some(fb) = fallback else { return Err(err) };
+        self.observers.emit(&CacheEvent::StaleServed { cache: &self.name, reason });
+        let throttle = self.options.fail_safe_throttle;
+        if let Some(l1) = self.l1.as_ref().filter(|_| !throttle.is_zero()) {
+            // Treat the stale value as fresh for a moment so a failing source is not hammered.
+            let now = self.clock.now();
+            let mut meta = (*fb.meta).clone();
+            meta.fresh_until = now.saturating_add(throttle).min(meta.expires_at);
+            if meta.fresh_until > now {
+                let w = self.weight(key, fb.value.as_deref(), None);
+                l1.insert(ns, key.clone(), fb.value.clone(), Arc::new(meta), w);
+            }
+        }
+        Ok(fb.value)
+    }
+
+    async fn finish_load(
+        self: Arc<Self>,
+        ns: Namespace,
+        key: K,
+        skey: Key,
+        r: Result<Option<V>, BoxError>,
+        started: Instant,
+        epoch: u64,
+    ) -> LoadResult<V> {
+        let duration = started.elapsed();
+        let (value, negative) = match r {
+            Ok(Some(v)) => (Some(Arc::new(v)), false),
+            Ok(None) => (None, true),
+            Err(e) => {
+                self.observers.emit(&CacheEvent::Load { cache: &self.name, duration, outcome: LoadOutcome::Error });
+                return Err(CacheError::Load { cache: self.name.clone(), source: Arc::from(e) });
+            }
+        };
+        let outcome = if negative { LoadOutcome::NotFound } else { LoadOutcome::Found };
+        self.observers.emit(&CacheEvent::Load { cache: &self.name, duration, outcome });
+        if negative && self.options.negative_ttl.is_none() {
+            return Ok(None);
+        }
+        if self.epochs.get(&ns, &key) != epoch {
+            // Invalidated while loading: hand the value to the waiters, store nothing.
+            return Ok(value);
+        }
+        let now = self.clock.now();
+        let meta = new_meta(&self.options, now, duration, negative, self.next_version(now), fastrand::f64());
+        match self.encode_if_needed(&skey, value.as_deref(), &meta) {
+            Ok(frame) => self.store(&ns, key, &skey, value.clone(), Arc::new(meta), frame).await,
+            Err(e) => {
+                // Keep serving from L1; the remote tiers just miss this value.
+                tracing::warn!(cache = %self.name, error = %e, "loaded value not written to remote tiers");
+                if let Some(l1) = &self.l1 {
+                    let w = self.weight(&key, value.as_deref(), None);
+                    l1.insert(&ns, key, value.clone(), Arc::new(meta), w);
+                }
+            }
+        }
+        Ok(value)
+    }
+
+    async fn store(&self, ns: &Namespace, key: K, skey: &Key, value: Option<Arc<V>>, meta: Arc<EntryMeta>, frame: Option<Bytes>) {
+        if let Some(l1) = &self.l1 {
+            let w = self.weight(&key, value.as_deref(), frame.as_ref().map(Bytes::len));
+            l1.insert(ns, key, value, meta.clone(), w);
+        }
+        if let Some(frame) = frame {
+            let entry = StoredEntry { meta: (*meta).clone(), frame };
+            let writes = self.tiers.iter().map(|t| t.set(skey, &entry));
+            for r in join_all(writes).await {
+                if let Err(err) = r {
+                    self.observers.emit(&CacheEvent::TierError { cache: &self.name, error: &err });
+                }
+            }
+        }
+    }
+
+    fn maybe_refresh_early(self: &Arc<Self>, ns: &Namespace, key: &K, meta: &EntryMeta, now: Timestamp, make_load: impl FnOnce() -> LoadFn<K, V>) {
+        let u = 1.0 - fastrand::f64(); // (0, 1]
+        if !should_refresh_early(now, meta.fresh_until, meta.load_cost(), self.options.early_refresh_beta, u) {
+            return;
+        }
+        let Ok(handle) = tokio::runtime::Handle::try_current() else { return };
+        let fk = (ns.clone(), key.clone());
+        if !self.refreshing.lock().insert(fk.clone()) {
+            return; // at most one background refresh per key
+        }
+        self.observers.emit(&CacheEvent::EarlyRefresh { cache: &self.name });
+        let this = self.clone();
+        let load = make_load();
+        let fresh_until = meta.fresh_until;
+        handle.spawn(async move {
+            let (ns, key) = fk.clone();
+            let runner = this.clone();
+            let _ = this.flights.run(fk.clone(), move || Box::pin(runner.resolve(ns, key, load, Some(fresh_until)))).await;
+            this.refreshing.lock().remove(&fk);
+        });
+    }
+
+    async fn publish(&self, ns: &Namespace, target: InvalidationTarget) {
+        let Some(bus) = &self.bus else { return };
+        let msg = Invalidation { origin: self.instance, cache: self.name.to_string(), namespace: ns.as_str().to_owned(), target };
+        if let Err(error) = bus.publish(&msg).await {
+            self.observers.emit(&CacheEvent::BusError { cache: &self.name, error: &error });
+            tracing::warn!(cache = %self.name, %error, "invalidation not published");
+        }
+    }
+
+    fn apply_bus_event(&self, ev: BusEvent) {
+        match ev {
+            BusEvent::Invalidate(m) if m.origin != self.instance && *m.cache == *self.name => {
+                self.observers.emit(&CacheEvent::InvalidationReceived { cache: &self.name });
+                let Some(l1) = &self.l1 else { return };
+                let ns = Namespace::new(&m.namespace).ok();
+                match (m.target, ns) {
+                    (InvalidationTarget::Key(id), Some(ns)) => match K::from_key_id(&id) {
+                        Some(k) => {
+                            self.epochs.bump(&ns, &k);
+                            l1.remove(&ns, &k);
+                        }
+                        None => self.resync(),
+                    },
+                    (InvalidationTarget::Tag(tag), _) => {
+                        self.epochs.bump_all();
+                        l1.remove_where(|_, _, meta| meta.tags.iter().any(|t| *t == tag));
+                    }
+                    (InvalidationTarget::Namespace, Some(ns)) => {
+                        self.epochs.bump_all();
+                        l1.remove_where(|n, _, _| *n == ns);
+                    }
+                    _ => self.resync(),
+                }
+            }
+            BusEvent::Resync => {
+                self.observers.emit(&CacheEvent::Resync { cache: &self.name });
+                self.resync();
+            }
+            BusEvent::Invalidate(_) => {}
+        }
+    }
+
+    fn resync(&self) {
+        self.epochs.bump_all();
+        if let Some(l1) = &self.l1 {
+            l1.clear();
+        }
+    }
+}

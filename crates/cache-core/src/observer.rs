@@ -1,0 +1,264 @@
+//! Observation: every event worth counting goes through [`CacheObserver`].
+//!
+//! Events carry the cache name and tier name (bounded cardinality) and never a key: observers
+//! that need one get the key's fingerprint.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use parking_lot::Mutex;
+
+use crate::error::{CacheError, CodecError, TierError};
+
+/// The name the L1 memory tier reports as.
+pub const L1: &str = "l1";
+/// The name the loader reports as.
+pub const SOURCE: &str = "source";
+
+/// Why a stale value was served.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StaleReason {
+    /// The loader failed.
+    LoaderError,
+    /// The loader passed its soft timeout.
+    SoftTimeout,
+    /// The loader passed its hard timeout.
+    HardTimeout,
+}
+
+/// How a load ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LoadOutcome {
+    /// A value.
+    Found,
+    /// "Not found".
+    NotFound,
+    /// An error.
+    Error,
+    /// Hard timeout.
+    Timeout,
+}
+
+/// Something that happened in a cache.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum CacheEvent<'a> {
+    /// A fresh value was found in `tier` (`"l1"` or a tier's name).
+    Hit {
+        /// The cache.
+        cache: &'a str,
+        /// Where.
+        tier: &'a str,
+    },
+    /// Nothing usable in `tier`.
+    Miss {
+        /// The cache.
+        cache: &'a str,
+        /// Where.
+        tier: &'a str,
+    },
+    /// A stale value was served (fail-safe).
+    StaleServed {
+        /// The cache.
+        cache: &'a str,
+        /// Why.
+        reason: StaleReason,
+    },
+    /// The loader ran.
+    Load {
+        /// The cache.
+        cache: &'a str,
+        /// How long it took.
+        duration: Duration,
+        /// How it ended.
+        outcome: LoadOutcome,
+    },
+    /// A waiter joined a load already in flight instead of starting one.
+    Coalesced {
+        /// The cache.
+        cache: &'a str,
+    },
+    /// A background early refresh (XFetch) started.
+    EarlyRefresh {
+        /// The cache.
+        cache: &'a str,
+    },
+    /// A tier call failed and the tier was skipped.
+    TierError {
+        /// The cache.
+        cache: &'a str,
+        /// The error (carries the tier name).
+        error: &'a TierError,
+    },
+    /// A frame read from `tier` could not be decoded; treated as a miss.
+    DecodeError {
+        /// The cache.
+        cache: &'a str,
+        /// Where it came from.
+        tier: &'a str,
+        /// The error.
+        error: &'a CacheError,
+    },
+    /// A codec refused bytes (tampering, wrong key): also reported as a decode error.
+    CodecRejected {
+        /// The cache.
+        cache: &'a str,
+        /// Where it came from.
+        tier: &'a str,
+        /// The error.
+        error: &'a CodecError,
+    },
+    /// L1 evicted entries to stay within its bounds.
+    Eviction {
+        /// The cache.
+        cache: &'a str,
+    },
+    /// An invalidation was received from another instance and applied.
+    InvalidationReceived {
+        /// The cache.
+        cache: &'a str,
+    },
+    /// Publishing an invalidation failed: other instances may keep a stale L1 copy until it
+    /// expires.
+    BusError {
+        /// The cache.
+        cache: &'a str,
+        /// The error.
+        error: &'a crate::error::BusError,
+    },
+    /// The bus may have lost messages; L1 was cleared.
+    Resync {
+        /// The cache.
+        cache: &'a str,
+    },
+}
+
+/// Receives [`CacheEvent`]s. Implementations must be cheap and must not block: they run on
+/// the request path (including inside L1's eviction hook).
+pub trait CacheObserver: Send + Sync + 'static {
+    /// Called for every event. The default ignores it.
+    fn on_event(&self, event: &CacheEvent<'_>) {
+        let _ = event;
+    }
+}
+
+/// An observer that does nothing.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct NoopObserver;
+
+impl CacheObserver for NoopObserver {}
+
+/// Counters per event kind and tier: the built-in observer behind the demo's table and the
+/// tests' assertions.
+#[derive(Debug, Default)]
+pub struct CacheStats {
+    counters: Mutex<BTreeMap<(String, String), Arc<AtomicU64>>>,
+    loads: AtomicU64,
+    stale: AtomicU64,
+    evictions: AtomicU64,
+    tier_errors: AtomicU64,
+    decode_errors: AtomicU64,
+    coalesced: AtomicU64,
+}
+
+impl CacheStats {
+    /// A new set of zeroed counters.
+    pub fn new() -> Arc<Self> {
+        Arc::new(Self::default())
+    }
+
+    fn bump(&self, kind: &str, tier: &str) {
+        let c = {
+            let mut m = self.counters.lock();
+            m.entry((kind.to_owned(), tier.to_owned())).or_default().clone()
+        };
+        c.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Hits recorded for `tier`.
+    pub fn hits(&self, tier: &str) -> u64 {
+        self.get("hit", tier)
+    }
+
+    /// Misses recorded for `tier`.
+    pub fn misses(&self, tier: &str) -> u64 {
+        self.get("miss", tier)
+    }
+
+    fn get(&self, kind: &str, tier: &str) -> u64 {
+        self.counters.lock().get(&(kind.to_owned(), tier.to_owned())).map_or(0, |c| c.load(Ordering::Relaxed))
+    }
+
+    /// Loader calls.
+    pub fn loads(&self) -> u64 {
+        self.loads.load(Ordering::Relaxed)
+    }
+
+    /// Stale values served.
+    pub fn stale_served(&self) -> u64 {
+        self.stale.load(Ordering::Relaxed)
+    }
+
+    /// L1 evictions.
+    pub fn evictions(&self) -> u64 {
+        self.evictions.load(Ordering::Relaxed)
+    }
+
+    /// Tier errors (tiers skipped).
+    pub fn tier_errors(&self) -> u64 {
+        self.tier_errors.load(Ordering::Relaxed)
+    }
+
+    /// Frames that failed to decode.
+    pub fn decode_errors(&self) -> u64 {
+        self.decode_errors.load(Ordering::Relaxed)
+    }
+
+    /// Waiters that joined an in-flight load.
+    pub fn coalesced(&self) -> u64 {
+        self.coalesced.load(Ordering::Relaxed)
+    }
+}
+
+impl CacheObserver for CacheStats {
+    fn on_event(&self, event: &CacheEvent<'_>) {
+        match event {
+            CacheEvent::Hit { tier, .. } => self.bump("hit", tier),
+            CacheEvent::Miss { tier, .. } => self.bump("miss", tier),
+            CacheEvent::StaleServed { .. } => {
+                self.stale.fetch_add(1, Ordering::Relaxed);
+            }
+            CacheEvent::Load { .. } => {
+                self.loads.fetch_add(1, Ordering::Relaxed);
+            }
+            CacheEvent::Coalesced { .. } => {
+                self.coalesced.fetch_add(1, Ordering::Relaxed);
+            }
+            CacheEvent::TierError { .. } => {
+                self.tier_errors.fetch_add(1, Ordering::Relaxed);
+            }
+            CacheEvent::DecodeError { .. } => {
+                self.decode_errors.fetch_add(1, Ordering::Relaxed);
+            }
+            CacheEvent::Eviction { .. } => {
+                self.evictions.fetch_add(1, Ordering::Relaxed);
+            }
+            _ => {}
+        }
+    }
+}
+
+/// Fans one event out to several observers.
+#[derive(Clone, Default)]
+pub(crate) struct Observers(pub(crate) Arc<[Arc<dyn CacheObserver>]>);
+
+impl Observers {
+    #[inline]
+    pub(crate) fn emit(&self, event: &CacheEvent<'_>) {
+        for o in self.0.iter() {
+            o.on_event(event);
+        }
+    }
+}

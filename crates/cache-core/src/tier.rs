@@ -1,0 +1,192 @@
+//! Byte-level tiers (L2, L3, plugins) and an in-memory tier for unit tests.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use parking_lot::Mutex;
+
+use crate::clock::{Clock, SystemClock};
+use crate::error::{TierError, TierErrorKind};
+use crate::key::Key;
+use crate::meta::EntryMeta;
+
+/// What a tier stores for a key: the metadata (for the backend's own expiry, tags, version
+/// columns) and the encoded frame.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredEntry {
+    /// Metadata (also inside the frame; given separately so the backend need not parse frames).
+    pub meta: EntryMeta,
+    /// The encoded frame.
+    pub frame: Bytes,
+}
+
+/// The health of a tier.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TierHealth {
+    /// Serving normally.
+    Healthy,
+    /// Serving, with a problem worth reporting.
+    Degraded(String),
+    /// Not serving.
+    Unhealthy(String),
+}
+
+/// A byte-level cache level: Redis, SQL, or a plugin's.
+///
+/// Implementations should expire entries at `meta.expires_at` themselves where the backend
+/// allows it (Redis `PX`, a SQL `expires_at` column); the cache also checks metadata on read.
+/// Every failure is a [`TierError`]: the cache then skips the tier and keeps answering.
+#[async_trait]
+pub trait Tier: Send + Sync + 'static {
+    /// A short name for errors, metrics and health reports (`redis`, `sql`, ...).
+    fn name(&self) -> &str;
+
+    /// Reads one frame.
+    async fn get(&self, key: &Key) -> Result<Option<Bytes>, TierError>;
+
+    /// Reads many frames, in `keys` order. Backends should do this in one round trip.
+    async fn get_many(&self, keys: &[Key]) -> Result<Vec<Option<Bytes>>, TierError> {
+        let mut out = Vec::with_capacity(keys.len());
+        for k in keys {
+            out.push(self.get(k).await?);
+        }
+        Ok(out)
+    }
+
+    /// Writes one entry.
+    async fn set(&self, key: &Key, entry: &StoredEntry) -> Result<(), TierError>;
+
+    /// Writes many entries. Backends should do this in one round trip.
+    async fn set_many(&self, entries: &[(Key, StoredEntry)]) -> Result<(), TierError> {
+        for (k, e) in entries {
+            self.set(k, e).await?;
+        }
+        Ok(())
+    }
+
+    /// Deletes one entry (no error if absent).
+    async fn delete(&self, key: &Key) -> Result<(), TierError>;
+
+    /// Reports health (a cheap round trip such as PING / `SELECT 1`).
+    async fn health(&self) -> TierHealth;
+}
+
+/// An in-memory byte tier with fault injection, for unit tests and examples.
+///
+/// It is not a production tier (no bound, no eviction): integration tests use real Redis and
+/// SQL tiers.
+#[derive(Clone)]
+pub struct MemoryTier {
+    name: Arc<str>,
+    map: Arc<Mutex<HashMap<Key, StoredEntry>>>,
+    failing: Arc<AtomicBool>,
+    calls: Arc<AtomicU64>,
+    clock: Arc<dyn Clock>,
+}
+
+impl std::fmt::Debug for MemoryTier {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MemoryTier").field("name", &self.name).field("len", &self.len()).finish()
+    }
+}
+
+impl MemoryTier {
+    /// A new empty tier named `name`, on the system clock.
+    pub fn new(name: &str) -> Self {
+        Self::with_clock(name, Arc::new(SystemClock))
+    }
+
+    /// A new empty tier that expires entries by `clock`.
+    pub fn with_clock(name: &str, clock: Arc<dyn Clock>) -> Self {
+        Self {
+            name: Arc::from(name),
+            map: Arc::default(),
+            failing: Arc::default(),
+            calls: Arc::default(),
+            clock,
+        }
+    }
+
+    /// Makes every call fail with [`TierErrorKind::Unavailable`] (or succeed again).
+    pub fn set_failing(&self, failing: bool) {
+        self.failing.store(failing, Ordering::SeqCst);
+    }
+
+    /// How many calls the tier received.
+    pub fn calls(&self) -> u64 {
+        self.calls.load(Ordering::SeqCst)
+    }
+
+    /// How many entries it holds.
+    pub fn len(&self) -> usize {
+        self.map.lock().len()
+    }
+
+    /// Whether it holds nothing.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Overwrites the raw frame bytes of a key (to test corrupt data handling).
+    pub fn put_raw(&self, key: &Key, entry: StoredEntry) {
+        self.map.lock().insert(key.clone(), entry);
+    }
+
+    /// The raw stored entry of a key.
+    pub fn raw(&self, key: &Key) -> Option<StoredEntry> {
+        self.map.lock().get(key).cloned()
+    }
+
+    fn check(&self) -> Result<(), TierError> {
+        self.calls.fetch_add(1, Ordering::Relaxed);
+        if self.failing.load(Ordering::SeqCst) {
+            Err(TierError::new(self.name.clone(), TierErrorKind::Unavailable, "injected failure"))
+        } else {
+            Ok(())
+        }
+    }
+}
+
+#[async_trait]
+impl Tier for MemoryTier {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    async fn get(&self, key: &Key) -> Result<Option<Bytes>, TierError> {
+        self.check()?;
+        let now = self.clock.now();
+        let mut map = self.map.lock();
+        match map.get(key) {
+            Some(e) if e.meta.expires_at <= now => {
+                map.remove(key);
+                Ok(None)
+            }
+            Some(e) => Ok(Some(e.frame.clone())),
+            None => Ok(None),
+        }
+    }
+
+    async fn set(&self, key: &Key, entry: &StoredEntry) -> Result<(), TierError> {
+        self.check()?;
+        self.map.lock().insert(key.clone(), entry.clone());
+        Ok(())
+    }
+
+    async fn delete(&self, key: &Key) -> Result<(), TierError> {
+        self.check()?;
+        self.map.lock().remove(key);
+        Ok(())
+    }
+
+    async fn health(&self) -> TierHealth {
+        if self.failing.load(Ordering::SeqCst) {
+            TierHealth::Unhealthy("injected failure".into())
+        } else {
+            TierHealth::Healthy
+        }
+    }
+}
