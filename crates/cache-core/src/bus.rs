@@ -189,7 +189,12 @@ mod tests {
     async fn local_bus_delivers_and_signals_lag() {
         let bus = LocalBus::new(2);
         let mut sub = bus.subscribe().await.unwrap();
-        let m = Invalidation { origin: InstanceId(1), cache: "c".into(), namespace: "n".into(), target: InvalidationTarget::All };
+        let m = Invalidation {
+            origin: InstanceId(1),
+            cache: "c".into(),
+            namespace: "n".into(),
+            target: InvalidationTarget::All,
+        };
         bus.publish(&m).await.unwrap();
         assert_eq!(sub.recv().await, Some(BusEvent::Invalidate(m.clone())));
         for _ in 0..10 {

@@ -657,7 +657,11 @@ where
             None => Vec::new(),
         };
         if payload.len() > self.max_value_bytes {
-            return Err(CacheError::TooLarge { cache: self.name.clone(), size: payload.len(), limit: self.max_value_bytes });
+            return Err(CacheError::TooLarge {
+                cache: self.name.clone(),
+                size: payload.len(),
+                limit: self.max_value_bytes,
+            });
         }
         let ctx = CodecContext { key: skey, meta_section: &meta_section };
         let (steps, out) = self.pipeline.encode(&ctx, Bytes::from(payload))?;
@@ -676,7 +680,11 @@ where
             return Err(SerializeError {
                 format: "frame",
                 op: "deserialize",
-                message: format!("written with serializer id {}, this cache uses {}", frame.serializer, serializer.id()),
+                message: format!(
+                    "written with serializer id {}, this cache uses {}",
+                    frame.serializer,
+                    serializer.id()
+                ),
             }
             .into());
         }
@@ -756,11 +764,18 @@ where
     }
 
     /// The singleflight leader's work: tiers, then the loader with timeouts and fail-safe.
-    async fn resolve(self: Arc<Self>, ns: Namespace, key: K, load: LoadFn<K, V>, newer_than: Option<Timestamp>) -> LoadResult<V> {
+    async fn resolve(
+        self: Arc<Self>,
+        ns: Namespace,
+        key: K,
+        load: LoadFn<K, V>,
+        newer_than: Option<Timestamp>,
+    ) -> LoadResult<V> {
         let epoch = self.epochs.get(&ns, &key);
         let now = self.clock.now();
         let skey = self.storage_key(&ns, &key)?;
-        let mut fallback = self.l1.as_ref().and_then(|l1| l1.get(&ns, &key, now)).map(|e| Fallback { value: e.value, meta: e.meta });
+        let mut fallback =
+            self.l1.as_ref().and_then(|l1| l1.get(&ns, &key, now)).map(|e| Fallback { value: e.value, meta: e.meta });
         if newer_than.is_none() {
             if let Some(f) = fallback.as_ref().filter(|f| f.meta.is_fresh(now)) {
                 // Filled by a load that finished while this one was being set up.
@@ -812,7 +827,8 @@ where
                             }
                         }
                     });
-                    self.observers.emit(&CacheEvent::StaleServed { cache: &self.name, reason: StaleReason::SoftTimeout });
+                    self.observers
+                        .emit(&CacheEvent::StaleServed { cache: &self.name, reason: StaleReason::SoftTimeout });
                     return Ok(fb.value.clone());
                 }
             }
@@ -842,7 +858,14 @@ where
         }
     }
 
-    fn fail_safe(&self, ns: &Namespace, key: &K, fallback: Option<Fallback<V>>, reason: StaleReason, err: CacheError) -> LoadResult<V> {
+    fn fail_safe(
+        &self,
+        ns: &Namespace,
+        key: &K,
+        fallback: Option<Fallback<V>>,
+        reason: StaleReason,
+        err: CacheError,
+    ) -> LoadResult<V> {
         let Some(fb) = fallback else { return Err(err) };
         self.observers.emit(&CacheEvent::StaleServed { cache: &self.name, reason });
         let throttle = self.options.fail_safe_throttle;
@@ -902,7 +925,15 @@ where
         Ok(value)
     }
 
-    async fn store(&self, ns: &Namespace, key: K, skey: &Key, value: Option<Arc<V>>, meta: Arc<EntryMeta>, frame: Option<Bytes>) {
+    async fn store(
+        &self,
+        ns: &Namespace,
+        key: K,
+        skey: &Key,
+        value: Option<Arc<V>>,
+        meta: Arc<EntryMeta>,
+        frame: Option<Bytes>,
+    ) {
         if let Some(l1) = &self.l1 {
             let w = self.weight(&key, value.as_deref(), frame.as_ref().map(Bytes::len));
             l1.insert(ns, key, value, meta.clone(), w);
@@ -918,7 +949,14 @@ where
         }
     }
 
-    fn maybe_refresh_early(self: &Arc<Self>, ns: &Namespace, key: &K, meta: &EntryMeta, now: Timestamp, make_load: impl FnOnce() -> LoadFn<K, V>) {
+    fn maybe_refresh_early(
+        self: &Arc<Self>,
+        ns: &Namespace,
+        key: &K,
+        meta: &EntryMeta,
+        now: Timestamp,
+        make_load: impl FnOnce() -> LoadFn<K, V>,
+    ) {
         let u = 1.0 - fastrand::f64(); // (0, 1]
         if !should_refresh_early(now, meta.fresh_until, meta.load_cost(), self.options.early_refresh_beta, u) {
             return;
@@ -935,14 +973,20 @@ where
         handle.spawn(async move {
             let (ns, key) = fk.clone();
             let runner = this.clone();
-            let _ = this.flights.run(fk.clone(), move || Box::pin(runner.resolve(ns, key, load, Some(fresh_until)))).await;
+            let _ =
+                this.flights.run(fk.clone(), move || Box::pin(runner.resolve(ns, key, load, Some(fresh_until)))).await;
             this.refreshing.lock().remove(&fk);
         });
     }
 
     async fn publish(&self, ns: &Namespace, target: InvalidationTarget) {
         let Some(bus) = &self.bus else { return };
-        let msg = Invalidation { origin: self.instance, cache: self.name.to_string(), namespace: ns.as_str().to_owned(), target };
+        let msg = Invalidation {
+            origin: self.instance,
+            cache: self.name.to_string(),
+            namespace: ns.as_str().to_owned(),
+            target,
+        };
         if let Err(error) = bus.publish(&msg).await {
             self.observers.emit(&CacheEvent::BusError { cache: &self.name, error: &error });
             tracing::warn!(cache = %self.name, %error, "invalidation not published");

@@ -164,7 +164,10 @@ mod tests {
             self.1
         }
         fn encode(&self, _: &CodecContext<'_>, input: Bytes) -> Result<Encoded, CodecError> {
-            Ok(Encoded::Applied { params: vec![self.0], output: input.iter().map(|b| b ^ self.0).collect::<Vec<_>>().into() })
+            Ok(Encoded::Applied {
+                params: vec![self.0],
+                output: input.iter().map(|b| b ^ self.0).collect::<Vec<_>>().into(),
+            })
         }
         fn decode(&self, _: &CodecContext<'_>, params: &[u8], input: Bytes) -> Result<Bytes, CodecError> {
             let k = *params.first().ok_or(CodecError::Invalid { codec: "xor", reason: "no params".into() })?;

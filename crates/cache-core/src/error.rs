@@ -50,10 +50,7 @@ impl TierError {
 
     /// Attaches the underlying error.
     #[must_use]
-    pub fn with_source(
-        mut self,
-        source: impl std::error::Error + Send + Sync + 'static,
-    ) -> Self {
+    pub fn with_source(mut self, source: impl std::error::Error + Send + Sync + 'static) -> Self {
         self.source = Some(Arc::new(source));
         self
     }
@@ -279,9 +276,7 @@ impl CacheError {
     /// Whether retrying later may succeed.
     pub fn is_retryable(&self) -> bool {
         match self {
-            CacheError::Load { .. } | CacheError::Timeout { .. } | CacheError::Overloaded(_) => {
-                true
-            }
+            CacheError::Load { .. } | CacheError::Timeout { .. } | CacheError::Overloaded(_) => true,
             CacheError::Write { .. } | CacheError::Bus(_) => true,
             CacheError::Tier(e) => e.is_retryable(),
             _ => false,

@@ -62,12 +62,15 @@ pub fn should_refresh_early(now: Timestamp, fresh_until: Timestamp, delta: Durat
 }
 
 /// Builds the metadata of a new entry written at `now` with `opts`.
-pub fn new_meta(opts: &EntryOptions, now: Timestamp, load_cost: Duration, negative: bool, version: u64, unit: f64) -> EntryMeta {
-    let ttl = if negative {
-        opts.negative_ttl.unwrap_or(opts.ttl)
-    } else {
-        jittered_ttl(opts.ttl, opts.jitter, unit)
-    };
+pub fn new_meta(
+    opts: &EntryOptions,
+    now: Timestamp,
+    load_cost: Duration,
+    negative: bool,
+    version: u64,
+    unit: f64,
+) -> EntryMeta {
+    let ttl = if negative { opts.negative_ttl.unwrap_or(opts.ttl) } else { jittered_ttl(opts.ttl, opts.jitter, unit) };
     let fresh_until = now.saturating_add(ttl);
     // Negative entries are never served stale.
     let expires_at = if negative { fresh_until } else { fresh_until.saturating_add(opts.stale_limit) };

@@ -198,7 +198,8 @@ impl Frame {
             return Err(FrameError::Invalid("trailing bytes after payload"));
         }
         let payload = bytes.slice(start..start + plen);
-        let meta = EntryMeta { created, fresh_until, expires_at, version, load_cost_us, negative, tags: Arc::from(tags) };
+        let meta =
+            EntryMeta { created, fresh_until, expires_at, version, load_cost_us, negative, tags: Arc::from(tags) };
         Ok((Frame { meta, serializer, codecs, payload }, meta_len))
     }
 }

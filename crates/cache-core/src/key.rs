@@ -25,9 +25,7 @@ pub fn validate_name(what: &str, name: &str) -> Result<(), CacheError> {
         )));
     }
     if let Some(c) = name.chars().find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'))) {
-        return Err(CacheError::InvalidKey(format!(
-            "{what} name may only contain [A-Za-z0-9_.-], found {c:?}"
-        )));
+        return Err(CacheError::InvalidKey(format!("{what} name may only contain [A-Za-z0-9_.-], found {c:?}")));
     }
     Ok(())
 }
@@ -85,16 +83,9 @@ impl Key {
     }
 
     /// Builds a key for an already-validated cache name.
-    pub(crate) fn with_cache(
-        cache: Arc<str>,
-        namespace: Namespace,
-        id: &str,
-    ) -> Result<Self, CacheError> {
+    pub(crate) fn with_cache(cache: Arc<str>, namespace: Namespace, id: &str) -> Result<Self, CacheError> {
         if id.len() > MAX_KEY_ID_LEN {
-            return Err(CacheError::InvalidKey(format!(
-                "key id is {} bytes, limit {MAX_KEY_ID_LEN}",
-                id.len()
-            )));
+            return Err(CacheError::InvalidKey(format!("key id is {} bytes, limit {MAX_KEY_ID_LEN}", id.len())));
         }
         Ok(Self { cache, namespace, id: Arc::from(id) })
     }

@@ -248,12 +248,7 @@ where
 
     /// Copies out up to `limit` entries that are still servable at `now` (for snapshots).
     pub fn entries(&self, now: Timestamp, limit: usize) -> Vec<(Namespace, K, L1Entry<V>)> {
-        self.inner
-            .iter()
-            .filter(|(_, v)| v.meta.is_servable(now))
-            .take(limit)
-            .map(|(k, v)| (k.ns, k.key, v))
-            .collect()
+        self.inner.iter().filter(|(_, v)| v.meta.is_servable(now)).take(limit).map(|(k, v)| (k.ns, k.key, v)).collect()
     }
 }
 

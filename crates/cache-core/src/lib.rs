@@ -65,7 +65,10 @@ pub use bus::{BusEvent, InstanceId, Invalidation, InvalidationBus, InvalidationT
 pub use cache::{Cache, CacheBuilder, DEFAULT_MAX_VALUE_BYTES, LoadResult, WarmReport, Weigher};
 pub use clock::{Clock, ManualClock, SystemClock, Timestamp};
 pub use codec::{Codec, CodecContext, CodecPipeline, Encoded};
-pub use error::{BoxError, BusError, CacheError, CodecError, ConfigError, FrameError, SerializeError, SharedError, TierError, TierErrorKind};
+pub use error::{
+    BoxError, BusError, CacheError, CodecError, ConfigError, FrameError, SerializeError, SharedError, TierError,
+    TierErrorKind,
+};
 pub use key::{CacheKey, Key, Namespace};
 pub use l1::{L1Cache, L1Config, L1Entry};
 pub use meta::EntryMeta;

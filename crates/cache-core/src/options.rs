@@ -139,10 +139,7 @@ impl EntryOptions {
         }
         if let (Some(s), Some(h)) = (self.soft_timeout, self.hard_timeout) {
             if s > h {
-                return Err(ConfigError::new(
-                    "soft_timeout",
-                    format!("({s:?}) must not exceed hard_timeout ({h:?})"),
-                ));
+                return Err(ConfigError::new("soft_timeout", format!("({s:?}) must not exceed hard_timeout ({h:?})")));
             }
         }
         if self.soft_timeout.is_some_and(|d| d.is_zero()) || self.hard_timeout.is_some_and(|d| d.is_zero()) {

@@ -28,10 +28,18 @@ impl<V: Serialize + DeserializeOwned + Send + Sync + 'static> Serializer<V> for 
         1
     }
     fn serialize(&self, value: &V) -> Result<Vec<u8>, SerializeError> {
-        postcard::to_allocvec(value).map_err(|e| SerializeError { format: "postcard", op: "serialize", message: e.to_string() })
+        postcard::to_allocvec(value).map_err(|e| SerializeError {
+            format: "postcard",
+            op: "serialize",
+            message: e.to_string(),
+        })
     }
     fn deserialize(&self, bytes: &[u8]) -> Result<V, SerializeError> {
-        postcard::from_bytes(bytes).map_err(|e| SerializeError { format: "postcard", op: "deserialize", message: e.to_string() })
+        postcard::from_bytes(bytes).map_err(|e| SerializeError {
+            format: "postcard",
+            op: "deserialize",
+            message: e.to_string(),
+        })
     }
 }
 
@@ -40,10 +48,18 @@ impl<V: Serialize + DeserializeOwned + Send + Sync + 'static> Serializer<V> for 
         2
     }
     fn serialize(&self, value: &V) -> Result<Vec<u8>, SerializeError> {
-        serde_json::to_vec(value).map_err(|e| SerializeError { format: "json", op: "serialize", message: e.to_string() })
+        serde_json::to_vec(value).map_err(|e| SerializeError {
+            format: "json",
+            op: "serialize",
+            message: e.to_string(),
+        })
     }
     fn deserialize(&self, bytes: &[u8]) -> Result<V, SerializeError> {
-        serde_json::from_slice(bytes).map_err(|e| SerializeError { format: "json", op: "deserialize", message: e.to_string() })
+        serde_json::from_slice(bytes).map_err(|e| SerializeError {
+            format: "json",
+            op: "deserialize",
+            message: e.to_string(),
+        })
     }
 }
 
@@ -63,7 +79,13 @@ mod tests {
     }
 
     fn arb_rec() -> impl Strategy<Value = Rec> {
-        (any::<u64>(), ".{0,40}", proptest::collection::vec(".{0,8}", 0..5), proptest::collection::btree_map(".{0,8}", any::<i64>(), 0..5), any::<Option<i32>>())
+        (
+            any::<u64>(),
+            ".{0,40}",
+            proptest::collection::vec(".{0,8}", 0..5),
+            proptest::collection::btree_map(".{0,8}", any::<i64>(), 0..5),
+            any::<Option<i32>>(),
+        )
             .prop_map(|(id, name, tags, attrs, score)| Rec { id, name, tags, attrs, score })
     }
 

@@ -101,13 +101,7 @@ impl MemoryTier {
 
     /// A new empty tier that expires entries by `clock`.
     pub fn with_clock(name: &str, clock: Arc<dyn Clock>) -> Self {
-        Self {
-            name: Arc::from(name),
-            map: Arc::default(),
-            failing: Arc::default(),
-            calls: Arc::default(),
-            clock,
-        }
+        Self { name: Arc::from(name), map: Arc::default(), failing: Arc::default(), calls: Arc::default(), clock }
     }
 
     /// Makes every call fail with [`TierErrorKind::Unavailable`] (or succeed again).
