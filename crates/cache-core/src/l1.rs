@@ -281,8 +281,10 @@ mod tests {
             // Large entries: the weight bound binds.
             l1.insert(&ns, 10_000 + i, Some(Arc::new(vec![0; 1000])), meta(u64::MAX), 1_000);
         }
-        assert!(l1.weight() <= 10_000);
-        assert!(l1.len() <= 10, "{}", l1.len());
+        assert!(l1.weight() <= 10_000, "{}", l1.weight());
+        assert!(l1.len() <= 100, "{}", l1.len());
+        let large = l1.entries(Timestamp(0), usize::MAX).iter().filter(|(_, k, _)| *k >= 10_000).count();
+        assert!((1..=10).contains(&large), "{large} large entries");
         assert!(l1.evictions() > 0);
     }
 
