@@ -1009,7 +1009,7 @@ where
                     },
                     (InvalidationTarget::Tag(tag), _) => {
                         self.epochs.bump_all();
-                        l1.remove_where(|_, _, meta| meta.tags.iter().any(|t| *t == tag));
+                        l1.remove_where(|_, _, meta| meta.tags.contains(&tag));
                     }
                     (InvalidationTarget::Namespace, Some(ns)) => {
                         self.epochs.bump_all();

@@ -13,9 +13,11 @@ use futures::FutureExt;
 use futures::future::{BoxFuture, Shared};
 use parking_lot::Mutex;
 
+type Flight<T> = (u64, Shared<BoxFuture<'static, T>>);
+
 /// A map of in-flight executions keyed by `K`, each producing a `T` shared by all its waiters.
 pub struct SingleFlight<K, T: Clone> {
-    inflight: Mutex<HashMap<K, (u64, Shared<BoxFuture<'static, T>>)>>,
+    inflight: Mutex<HashMap<K, Flight<T>>>,
     seq: AtomicU64,
 }
 

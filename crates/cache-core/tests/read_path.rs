@@ -1,4 +1,5 @@
 //! The read path of the `Cache` engine against in-memory tiers: levels, fill-up, errors,
+#![allow(clippy::unwrap_used)] // test helpers
 //! singleflight, fail-safe, timeouts, negative caching, early refresh, invalidation.
 
 use std::sync::Arc;
