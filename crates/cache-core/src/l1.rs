@@ -145,6 +145,7 @@ impl<K, V> Lifecycle<L1Key<K>, L1Entry<V>> for EvictHook {
 pub struct L1Cache<K, V> {
     inner: QcCache<L1Key<K>, L1Entry<V>, EntryWeighter, DefaultHashBuilder, EvictHook>,
     min_weight: u64,
+    weighted: bool,
     evictions: Arc<AtomicU64>,
 }
 
@@ -183,6 +184,7 @@ where
         Ok(Self {
             inner: QcCache::with_options(options, EntryWeighter, DefaultHashBuilder::default(), hook),
             min_weight,
+            weighted: config.max_weight.is_some(),
             evictions,
         })
     }
@@ -205,9 +207,10 @@ where
         }
     }
 
-    /// Inserts an entry weighing `weight` (raised to the per-entry minimum).
+    /// Inserts an entry weighing `weight` (raised to the per-entry minimum; ignored when the L1
+    /// is bounded by entry count only).
     pub fn insert(&self, ns: &Namespace, key: K, value: Option<Arc<V>>, meta: Arc<EntryMeta>, weight: u64) {
-        let weight = weight.max(self.min_weight);
+        let weight = if self.weighted { weight.max(self.min_weight) } else { 1 };
         self.inner.insert(L1Key { ns: ns.clone(), key }, L1Entry { value, meta, weight });
     }
 
@@ -286,6 +289,17 @@ mod tests {
         let large = l1.entries(Timestamp(0), usize::MAX).iter().filter(|(_, k, _)| *k >= 10_000).count();
         assert!((1..=10).contains(&large), "{large} large entries");
         assert!(l1.evictions() > 0);
+    }
+
+    #[test]
+    fn entry_bound_ignores_weights() {
+        let l1 = L1Cache::<u64, u64>::standalone(L1Config::entries(100)).unwrap();
+        let ns = Namespace::default_namespace();
+        for i in 0..100u64 {
+            l1.insert(&ns, i, Some(Arc::new(i)), meta(u64::MAX), 10_000);
+        }
+        assert_eq!(l1.len(), 100);
+        assert_eq!(l1.evictions(), 0);
     }
 
     #[test]

@@ -1,1 +1,208 @@
-//! placeholder
+//! # strata
+//!
+//! The facade: one dependency that composes Strata's crates into typed caches.
+//!
+//! ## Tour
+//! - [`Strata`]: a runtime shared by named caches (shared tiers, bus, observers, clock,
+//!   configuration). [`Strata::cache`] returns a [`CacheBuilder`] pre-filled from the
+//!   configuration's `[caches.NAME]` section or [`Preset`].
+//! - [`config`]: TOML plus `STRATA_*` environment overrides, validated.
+//! - [`preset`]: rule / session / analytics / prompt caches.
+//! - Everything from [`strata_cache_core`] is re-exported: [`Cache`], the traits ([`Tier`],
+//!   [`Codec`], [`Loader`], [`InvalidationBus`], [`CacheObserver`], ...), [`EntryOptions`].
+//!
+//! Leaf crates join through features as they land (`redis`, `sql`, `security`, `telemetry`,
+//! `gpu`); a crate that is not enabled pulls in none of its dependencies.
+//!
+//! ```
+//! use std::sync::Arc;
+//! use strata::{Strata, StrataConfig, CacheStats, FnLoader};
+//!
+//! # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+//! let config = StrataConfig::from_toml(r#"
+//!     [caches.rules]
+//!     preset = "rule"
+//!     ttl = "10m"
+//! "#)?;
+//! let stats = CacheStats::new();
+//! let strata = Strata::builder().config(config).observer(stats.clone()).build();
+//! let rules = strata
+//!     .cache::<String, Vec<String>>("rules")
+//!     .loader(FnLoader::new(|k: String| async move { Ok(Some(vec![format!("allow {k}")])) }))
+//!     .build()
+//!     .await?;
+//! let v = rules.get_or_load(&"admin".to_string()).await?.unwrap();
+//! assert_eq!(v[0], "allow admin");
+//! assert_eq!(rules.options().ttl, std::time::Duration::from_secs(600));
+//! assert_eq!(stats.loads(), 1);
+//! # Ok::<(), strata::CacheError>(())
+//! # }).unwrap();
+//! ```
+
+use std::sync::Arc;
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+pub use strata_cache_core as core;
+pub use strata_cache_core::{
+    BoxError, Cache, CacheBuilder, CacheError, CacheEvent, CacheKey, CacheObserver, CacheStats, Clock, Codec,
+    ConfigError, EntryOptions, FnLoader, InvalidationBus, Json, L1Config, LocalBus, Loader, ManualClock, MemoryTier,
+    Namespace, Postcard, Serializer, SystemClock, Tier, TierHealth, WarmReport, Writer,
+};
+
+pub mod config;
+pub mod preset;
+
+pub use config::StrataConfig;
+pub use preset::Preset;
+
+/// A runtime shared by named caches.
+#[derive(Clone)]
+pub struct Strata {
+    config: Arc<StrataConfig>,
+    tiers: Vec<Arc<dyn Tier>>,
+    bus: Option<Arc<dyn InvalidationBus>>,
+    observers: Vec<Arc<dyn CacheObserver>>,
+    clock: Arc<dyn Clock>,
+}
+
+impl std::fmt::Debug for Strata {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Strata")
+            .field("tiers", &self.tiers.iter().map(|t| t.name().to_owned()).collect::<Vec<_>>())
+            .field("bus", &self.bus.as_ref().map(|b| b.name().to_owned()))
+            .field("caches", &self.config.caches.keys().collect::<Vec<_>>())
+            .finish()
+    }
+}
+
+/// Builds a [`Strata`] runtime.
+#[must_use]
+pub struct StrataBuilder {
+    config: StrataConfig,
+    tiers: Vec<Arc<dyn Tier>>,
+    bus: Option<Arc<dyn InvalidationBus>>,
+    observers: Vec<Arc<dyn CacheObserver>>,
+    clock: Arc<dyn Clock>,
+}
+
+impl StrataBuilder {
+    /// Uses `config` (already validated by its constructors).
+    pub fn config(mut self, config: StrataConfig) -> Self {
+        self.config = config;
+        self
+    }
+
+    /// Adds a tier shared by every cache (L2 first, then L3, ...).
+    pub fn tier(mut self, tier: Arc<dyn Tier>) -> Self {
+        self.tiers.push(tier);
+        self
+    }
+
+    /// Sets the invalidation bus shared by every cache.
+    pub fn bus(mut self, bus: Arc<dyn InvalidationBus>) -> Self {
+        self.bus = Some(bus);
+        self
+    }
+
+    /// Adds an observer shared by every cache.
+    pub fn observer(mut self, o: Arc<dyn CacheObserver>) -> Self {
+        self.observers.push(o);
+        self
+    }
+
+    /// Replaces the clock.
+    pub fn clock(mut self, clock: Arc<dyn Clock>) -> Self {
+        self.clock = clock;
+        self
+    }
+
+    /// Builds the runtime.
+    pub fn build(self) -> Strata {
+        Strata {
+            config: Arc::new(self.config),
+            tiers: self.tiers,
+            bus: self.bus,
+            observers: self.observers,
+            clock: self.clock,
+        }
+    }
+}
+
+impl Strata {
+    /// Starts a builder with an empty configuration.
+    pub fn builder() -> StrataBuilder {
+        StrataBuilder {
+            config: StrataConfig::default(),
+            tiers: Vec::new(),
+            bus: None,
+            observers: Vec::new(),
+            clock: Arc::new(SystemClock),
+        }
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &StrataConfig {
+        &self.config
+    }
+
+    /// A builder for the cache `name`, pre-filled with the runtime's tiers, bus, observers and
+    /// clock, postcard serialization, and the options and L1 bounds that the configuration
+    /// gives this name. Everything can still be changed before `build()`.
+    pub fn cache<K, V>(&self, name: &str) -> CacheBuilder<K, V>
+    where
+        K: CacheKey,
+        V: Serialize + DeserializeOwned + Send + Sync + 'static,
+    {
+        let mut b = Cache::<K, V>::builder(name)
+            .serializer(Postcard)
+            .options(self.config.entry_options_for(name))
+            .l1(self.config.l1_for(name))
+            .clock(self.clock.clone());
+        for t in &self.tiers {
+            b = b.tier(t.clone());
+        }
+        for o in &self.observers {
+            b = b.observer(o.clone());
+        }
+        if let Some(bus) = &self.bus {
+            b = b.bus(bus.clone());
+        }
+        b
+    }
+
+    /// A builder for cache `name` starting from `preset` (configuration overrides still apply
+    /// when `[caches.NAME]` exists).
+    pub fn cache_with_preset<K, V>(&self, name: &str, preset: Preset) -> CacheBuilder<K, V>
+    where
+        K: CacheKey,
+        V: Serialize + DeserializeOwned + Send + Sync + 'static,
+    {
+        let configured = self.config.caches.contains_key(name);
+        let b = self.cache::<K, V>(name);
+        if configured { b } else { b.options(preset.entry_options()).l1(preset.l1()) }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn named_caches_share_tiers_and_stay_separate() {
+        let l2 = MemoryTier::new("shared-l2");
+        let strata = Strata::builder().tier(Arc::new(l2.clone())).build();
+        let a = strata.cache_with_preset::<u64, String>("sessions", Preset::Session).build().await.unwrap();
+        let b = strata.cache_with_preset::<u64, String>("rules", Preset::Rule).build().await.unwrap();
+        a.set(1, "session".into()).await.unwrap();
+        b.set(1, "rule".into()).await.unwrap();
+        assert_eq!(l2.len(), 2, "both caches write the shared tier under their own names");
+        a.clear_l1();
+        b.clear_l1();
+        assert_eq!(a.get(&1).await.unwrap().as_deref(), Some(&"session".to_string()));
+        assert_eq!(b.get(&1).await.unwrap().as_deref(), Some(&"rule".to_string()));
+        assert_eq!(a.options().stale_limit, std::time::Duration::ZERO);
+        assert!(b.options().early_refresh_beta > 0.0);
+    }
+}

@@ -1,0 +1,364 @@
+//! Configuration: a TOML file plus `STRATA_*` environment overrides, validated with errors
+//! that name the setting.
+//!
+//! ```toml
+//! [l1]                      # default L1 bounds for every cache
+//! max_entries = 10000
+//! max_weight_bytes = 67108864
+//!
+//! [defaults]                # default entry options for caches without a preset
+//! ttl = "5m"
+//! stale_limit = "1h"
+//!
+//! [redis]                   # L2 (needs the `redis` tier; see issue #3)
+//! url = "redis://127.0.0.1:6379"
+//!
+//! [sql]                     # L3 (needs the `sql` tier; see issue #4)
+//! url = "sqlite://strata.db?mode=rwc"
+//!
+//! [caches.rules]            # one section per named cache
+//! preset = "rule"
+//! ttl = "2h"                # overrides the preset
+//! ```
+//!
+//! Environment overrides (applied over the file): `STRATA_<SECTION>_<FIELD>` for the fixed
+//! sections (`STRATA_REDIS_URL`, `STRATA_L1_MAX_ENTRIES`, `STRATA_DEFAULTS_TTL`, ...) and
+//! `STRATA_CACHES__<NAME>__<FIELD>` for named caches (`STRATA_CACHES__RULES__TTL=30m`).
+//! `STRATA_CONFIG` names the file and is not an override. Any other `STRATA_*` variable is an
+//! error, so a typo does not go unnoticed.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::Duration;
+
+use serde::{Deserialize, Deserializer};
+use strata_cache_core::{ConfigError, EntryOptions, L1Config};
+
+use crate::preset::Preset;
+
+/// A duration written as text: `"250ms"`, `"30s"`, `"5m"`, `"2h"`, `"7days"`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Dur(pub Duration);
+
+impl<'de> Deserialize<'de> for Dur {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        humantime::parse_duration(s.trim())
+            .map(Dur)
+            .map_err(|e| serde::de::Error::custom(format!("invalid duration {s:?} ({e}); write e.g. \"250ms\", \"30s\", \"5m\", \"2h\"")))
+    }
+}
+
+/// L1 bounds.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct L1Settings {
+    /// Most entries.
+    pub max_entries: Option<u64>,
+    /// Most weight in bytes.
+    pub max_weight_bytes: Option<u64>,
+}
+
+/// Entry options; every field optional so that it overlays a preset or the defaults.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EntrySettings {
+    /// Fresh TTL.
+    pub ttl: Option<Dur>,
+    /// Random extra TTL, at most this.
+    pub jitter: Option<Dur>,
+    /// XFetch β (0 disables early refresh).
+    pub early_refresh_beta: Option<f64>,
+    /// Fail-safe stale limit.
+    pub stale_limit: Option<Dur>,
+    /// Fail-safe throttle.
+    pub fail_safe_throttle: Option<Dur>,
+    /// Negative-caching TTL.
+    pub negative_ttl: Option<Dur>,
+    /// Soft timeout.
+    pub soft_timeout: Option<Dur>,
+    /// Hard timeout.
+    pub hard_timeout: Option<Dur>,
+}
+
+impl EntrySettings {
+    fn apply(&self, mut o: EntryOptions) -> EntryOptions {
+        if let Some(d) = self.ttl {
+            o.ttl = d.0;
+        }
+        if let Some(d) = self.jitter {
+            o.jitter = d.0;
+        }
+        if let Some(b) = self.early_refresh_beta {
+            o.early_refresh_beta = b;
+        }
+        if let Some(d) = self.stale_limit {
+            o.stale_limit = d.0;
+        }
+        if let Some(d) = self.fail_safe_throttle {
+            o.fail_safe_throttle = d.0;
+        }
+        if let Some(d) = self.negative_ttl {
+            o.negative_ttl = Some(d.0);
+        }
+        if let Some(d) = self.soft_timeout {
+            o.soft_timeout = Some(d.0);
+        }
+        if let Some(d) = self.hard_timeout {
+            o.hard_timeout = Some(d.0);
+        }
+        o
+    }
+}
+
+/// A URL-only backend section.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BackendSettings {
+    /// Connection URL.
+    pub url: String,
+}
+
+/// One named cache.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CacheSettings {
+    /// Starting point (`rule`, `session`, `analytics`, `prompt`).
+    pub preset: Option<Preset>,
+    /// L1 entries.
+    pub l1_max_entries: Option<u64>,
+    /// L1 weight.
+    pub l1_max_weight_bytes: Option<u64>,
+    /// Entry options over the preset.
+    #[serde(flatten)]
+    pub entry: EntrySettings,
+}
+
+/// The whole configuration.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StrataConfig {
+    /// Default L1 bounds.
+    #[serde(default)]
+    pub l1: L1Settings,
+    /// Default entry options (for caches without a preset).
+    #[serde(default)]
+    pub defaults: EntrySettings,
+    /// L2 Redis.
+    pub redis: Option<BackendSettings>,
+    /// L3 SQL.
+    pub sql: Option<BackendSettings>,
+    /// Named caches.
+    #[serde(default)]
+    pub caches: BTreeMap<String, CacheSettings>,
+}
+
+const SECTIONS: [&str; 4] = ["l1", "defaults", "redis", "sql"];
+
+impl StrataConfig {
+    /// Parses TOML text, applies `env` overrides, and validates.
+    pub fn from_toml_with_env<I>(text: &str, env: I) -> Result<Self, ConfigError>
+    where
+        I: IntoIterator<Item = (String, String)>,
+    {
+        let mut table: toml::Table =
+            text.parse().map_err(|e: toml::de::Error| ConfigError::new("toml", e.to_string().trim().to_owned()))?;
+        for (k, v) in env {
+            apply_env(&mut table, &k, &v)?;
+        }
+        let cfg: StrataConfig = toml::Value::Table(table)
+            .try_into()
+            .map_err(|e: toml::de::Error| ConfigError::new("config", e.to_string().trim().to_owned()))?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Parses TOML text without environment overrides.
+    pub fn from_toml(text: &str) -> Result<Self, ConfigError> {
+        Self::from_toml_with_env(text, std::iter::empty())
+    }
+
+    /// Loads the file at `path` (or an empty configuration when `None`) with the process's
+    /// `STRATA_*` environment applied.
+    pub fn load(path: Option<&Path>) -> Result<Self, ConfigError> {
+        let text = match path {
+            Some(p) => std::fs::read_to_string(p)
+                .map_err(|e| ConfigError::new("STRATA_CONFIG", format!("cannot read {}: {e}", p.display())))?,
+            None => String::new(),
+        };
+        Self::from_toml_with_env(&text, std::env::vars().filter(|(k, _)| k.starts_with("STRATA_")))
+    }
+
+    /// Loads from `$STRATA_CONFIG` if set, else defaults, plus the environment.
+    pub fn from_env() -> Result<Self, ConfigError> {
+        let path = std::env::var_os("STRATA_CONFIG").map(std::path::PathBuf::from);
+        Self::load(path.as_deref())
+    }
+
+    /// L1 bounds for cache `name`.
+    pub fn l1_for(&self, name: &str) -> L1Config {
+        let c = self.caches.get(name);
+        let base = c.and_then(|c| c.preset).map_or_else(L1Config::default, Preset::l1);
+        let entries = c.and_then(|c| c.l1_max_entries).or(self.l1.max_entries);
+        let weight = c.and_then(|c| c.l1_max_weight_bytes).or(self.l1.max_weight_bytes);
+        match (entries, weight) {
+            (None, None) => base,
+            (e, w) => L1Config { max_entries: e.or(base.max_entries), max_weight: w.or(base.max_weight) },
+        }
+    }
+
+    /// Entry options for cache `name`: its preset (or `[defaults]`), then its overrides.
+    pub fn entry_options_for(&self, name: &str) -> EntryOptions {
+        let c = self.caches.get(name);
+        let base = match c.and_then(|c| c.preset) {
+            Some(p) => p.entry_options(),
+            None => self.defaults.apply(EntryOptions::default()),
+        };
+        match c {
+            Some(c) => c.entry.apply(base),
+            None => base,
+        }
+    }
+
+    /// Checks every setting, naming the first one that is wrong.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        self.entry_options_for("").validate().map_err(|e| prefix("defaults", e))?;
+        let names: Vec<&str> = std::iter::once("").chain(self.caches.keys().map(String::as_str)).collect();
+        for name in names {
+            let field = if name.is_empty() { "l1".to_owned() } else { format!("caches.{name}") };
+            if !name.is_empty() {
+                strata_cache_core::key::validate_name("cache", name)
+                    .map_err(|e| ConfigError::new(field.clone(), e.to_string()))?;
+                self.entry_options_for(name).validate().map_err(|e| prefix(&field, e))?;
+            }
+            self.l1_for(name).validate().map_err(|e| prefix(&field, e))?;
+        }
+        for (section, b) in [("redis", &self.redis), ("sql", &self.sql)] {
+            if let Some(b) = b {
+                if !b.url.contains("://") {
+                    return Err(ConfigError::new(format!("{section}.url"), format!("{:?} is not a URL (scheme://...)", b.url)));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+fn prefix(section: &str, e: ConfigError) -> ConfigError {
+    ConfigError::new(format!("{section}.{}", e.field), e.message)
+}
+
+fn apply_env(table: &mut toml::Table, var: &str, value: &str) -> Result<(), ConfigError> {
+    let Some(rest) = var.strip_prefix("STRATA_") else { return Ok(()) };
+    if rest == "CONFIG" {
+        return Ok(());
+    }
+    let lower = rest.to_ascii_lowercase();
+    let path: Vec<String> = if let Some(c) = lower.strip_prefix("caches__") {
+        let parts: Vec<&str> = c.split("__").collect();
+        match parts.as_slice() {
+            [name, field] if !name.is_empty() && !field.is_empty() => {
+                vec!["caches".into(), (*name).to_owned(), (*field).to_owned()]
+            }
+            _ => return Err(ConfigError::new(var, "expected STRATA_CACHES__<NAME>__<FIELD>")),
+        }
+    } else {
+        match SECTIONS.iter().find(|s| lower.starts_with(&format!("{s}_"))) {
+            Some(s) => vec![(*s).to_owned(), lower[s.len() + 1..].to_owned()],
+            None => {
+                return Err(ConfigError::new(
+                    var,
+                    "unknown Strata setting; use STRATA_{L1,DEFAULTS,REDIS,SQL}_<FIELD> or STRATA_CACHES__<NAME>__<FIELD>",
+                ));
+            }
+        }
+    };
+    let parsed = if let Ok(i) = value.parse::<i64>() {
+        toml::Value::Integer(i)
+    } else if let Ok(f) = value.parse::<f64>() {
+        toml::Value::Float(f)
+    } else if let Ok(b) = value.parse::<bool>() {
+        toml::Value::Boolean(b)
+    } else {
+        toml::Value::String(value.to_owned())
+    };
+    let mut cur = table;
+    for seg in &path[..path.len() - 1] {
+        let entry = cur.entry(seg.clone()).or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        cur = entry.as_table_mut().ok_or_else(|| ConfigError::new(var, format!("`{seg}` is not a table in the file")))?;
+    }
+    cur.insert(path[path.len() - 1].clone(), parsed);
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs.iter().map(|(a, b)| ((*a).to_owned(), (*b).to_owned())).collect()
+    }
+
+    const FILE: &str = r#"
+        [l1]
+        max_entries = 500
+        [defaults]
+        ttl = "90s"
+        [caches.rules]
+        preset = "rule"
+        ttl = "2h"
+        [caches.sessions]
+        preset = "session"
+    "#;
+
+    #[test]
+    fn file_presets_and_overrides() {
+        let c = StrataConfig::from_toml(FILE).unwrap();
+        assert_eq!(c.entry_options_for("rules").ttl, Duration::from_secs(7200));
+        assert_eq!(c.entry_options_for("rules").stale_limit, Duration::from_secs(86_400), "from the preset");
+        assert_eq!(c.entry_options_for("other").ttl, Duration::from_secs(90), "from [defaults]");
+        assert_eq!(c.l1_for("other").max_entries, Some(500));
+        assert_eq!(c.l1_for("sessions").max_weight, Some(64 * 1024 * 1024));
+    }
+
+    #[test]
+    fn environment_overrides_the_file() {
+        let c = StrataConfig::from_toml_with_env(
+            FILE,
+            env(&[
+                ("STRATA_REDIS_URL", "redis://127.0.0.1:6390"),
+                ("STRATA_L1_MAX_ENTRIES", "42"),
+                ("STRATA_CACHES__RULES__TTL", "30m"),
+                ("STRATA_CACHES__NEW__PRESET", "analytics"),
+                ("STRATA_CONFIG", "/ignored"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(c.redis.as_ref().unwrap().url, "redis://127.0.0.1:6390");
+        assert_eq!(c.l1.max_entries, Some(42));
+        assert_eq!(c.entry_options_for("rules").ttl, Duration::from_secs(1800));
+        assert_eq!(c.caches["new"].preset, Some(Preset::Analytics));
+    }
+
+    #[test]
+    fn clear_errors_name_the_setting() {
+        let cases: &[(&str, &[(&str, &str)], &str)] = &[
+            ("[defaults]\nttl = \"soon\"", &[], "invalid duration"),
+            ("[defaults]\nttl = \"0s\"", &[], "defaults.ttl"),
+            ("[caches.x]\npreset = \"turbo\"", &[], "unknown variant"),
+            ("[caches.x]\nttll = \"1s\"", &[], "ttll"),
+            ("[l1]\nmax_entries = 0", &[], "l1.max_entries"),
+            ("[caches.\"bad name\"]", &[], "caches.bad name"),
+            ("[redis]\nurl = \"localhost\"", &[], "redis.url"),
+            ("", &[("STRATA_REDIS_ULR", "x")], "ulr"),
+            ("", &[("STRATA_TURBO", "1")], "STRATA_TURBO"),
+            ("", &[("STRATA_CACHES__X", "1")], "STRATA_CACHES__X"),
+            ("[caches.y]\nsoft_timeout = \"5s\"\nhard_timeout = \"1s\"", &[], "caches.y.soft_timeout"),
+            ("not toml ===", &[], "toml"),
+        ];
+        for (text, vars, needle) in cases {
+            let err = StrataConfig::from_toml_with_env(text, env(vars)).unwrap_err();
+            assert!(err.to_string().contains(needle), "{text:?} {vars:?}: {err}");
+        }
+    }
+}
