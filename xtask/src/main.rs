@@ -1,1 +1,250 @@
-fn main() {}
+//! Strata's developer loop. Run through the cargo alias: `cargo xtask <command>`.
+//!
+//! - `ci`       fmt check, clippy -D warnings, per-feature checks of the facade, tests (nextest
+//!   when installed) and doctests, docs with broken links denied, cargo-deny, layering check
+//! - `test`     tests and doctests only
+//! - `demo`     the main job: a Zipf workload through the facade (release build)
+//! - `bench`    criterion benches (short measurement; pass extra args after `--`)
+//! - `deny`     cargo-deny (installed if missing)
+//! - `layering` the crate layering check alone
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::env;
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode};
+use std::time::Instant;
+
+type Result<T = ()> = std::result::Result<T, String>;
+
+fn main() -> ExitCode {
+    let args: Vec<String> = env::args().skip(1).collect();
+    let (cmd, rest) = match args.split_first() {
+        Some((c, r)) => (c.as_str(), r.to_vec()),
+        None => ("help", Vec::new()),
+    };
+    let result = match cmd {
+        "ci" => ci(),
+        "test" => test(),
+        "demo" => demo(),
+        "bench" => bench(&rest),
+        "deny" => deny(),
+        "layering" => layering(),
+        "fmt" => run(cargo().args(["fmt", "--all"])),
+        _ => {
+            eprintln!("usage: cargo xtask <ci|test|demo|bench|deny|layering|fmt>");
+            return if cmd == "help" { ExitCode::SUCCESS } else { ExitCode::FAILURE };
+        }
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("xtask {cmd}: FAILED: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from("."))
+}
+
+fn cargo() -> Command {
+    let mut c = Command::new(env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    c.current_dir(root());
+    c
+}
+
+fn run(cmd: &mut Command) -> Result {
+    let shown = format!("{cmd:?}");
+    eprintln!("\n$ {shown}");
+    let t = Instant::now();
+    let status = cmd.status().map_err(|e| format!("cannot start {shown}: {e}"))?;
+    eprintln!("  ({:.1}s)", t.elapsed().as_secs_f64());
+    if status.success() { Ok(()) } else { Err(format!("{shown} exited with {status}")) }
+}
+
+fn step(name: &str, f: impl FnOnce() -> Result) -> Result {
+    eprintln!("\n==> {name}");
+    f().map_err(|e| format!("{name}: {e}"))
+}
+
+fn ci() -> Result {
+    let t = Instant::now();
+    step("fmt", || run(cargo().args(["fmt", "--all", "--", "--check"])))?;
+    step("clippy", || run(cargo().args(["clippy", "--workspace", "--all-targets", "--all-features", "--", "-D", "warnings"])))?;
+    step("layering", layering)?;
+    step("facade features", features)?;
+    step("tests", test)?;
+    step("docs", docs)?;
+    step("deny", deny)?;
+    eprintln!("\nxtask ci: all green in {:.0}s", t.elapsed().as_secs_f64());
+    Ok(())
+}
+
+/// Each facade feature alone, none, and all (cargo-hack's --each-feature, without the install).
+fn features() -> Result {
+    let meta = metadata(true)?;
+    let facade = packages(&meta).into_iter().find(|p| p["name"] == "strata").ok_or("no strata package")?;
+    let feats: Vec<String> = facade["features"].as_object().map(|m| m.keys().cloned().collect()).unwrap_or_default();
+    run(cargo().args(["check", "-p", "strata", "--no-default-features"]))?;
+    for f in feats.iter().filter(|f| *f != "default") {
+        run(cargo().args(["check", "-p", "strata", "--no-default-features", "--features", f]))?;
+    }
+    run(cargo().args(["check", "-p", "strata", "--all-features"]))
+}
+
+fn test() -> Result {
+    let nextest = Command::new("cargo-nextest").arg("--version").output().map(|o| o.status.success()).unwrap_or(false);
+    if nextest {
+        run(cargo().args(["nextest", "run", "--workspace", "--all-features", "--no-fail-fast"]))?;
+    } else {
+        eprintln!("cargo-nextest not found; using cargo test");
+        run(cargo().args(["test", "--workspace", "--all-features", "--lib", "--bins", "--tests", "--no-fail-fast"]))?;
+    }
+    run(cargo().args(["test", "--workspace", "--all-features", "--doc"]))
+}
+
+fn docs() -> Result {
+    run(cargo()
+        .args(["doc", "--workspace", "--all-features", "--no-deps"])
+        .env("RUSTDOCFLAGS", "-D warnings -D rustdoc::broken_intra_doc_links"))
+}
+
+fn demo() -> Result {
+    run(cargo().args(["run", "--release", "--quiet", "-p", "strata", "--bin", "strata-demo"]))
+}
+
+fn bench(extra: &[String]) -> Result {
+    let mut c = cargo();
+    c.args(["bench", "-p", "strata-benches", "--"]);
+    if extra.is_empty() {
+        c.args(["--warm-up-time", "1", "--measurement-time", "3"]);
+    } else {
+        c.args(extra);
+    }
+    run(&mut c)
+}
+
+fn deny() -> Result {
+    let have = Command::new("cargo-deny").arg("--version").output().map(|o| o.status.success()).unwrap_or(false);
+    if !have {
+        eprintln!("cargo-deny not found: installing it (cargo install --locked cargo-deny)");
+        run(cargo().args(["install", "--locked", "cargo-deny"]))?;
+    }
+    // Licences, bans (incl. the layering `wrappers`) and sources run for real. Advisories need
+    // the RustSec database, which cannot be fetched on this network: run that check only when a
+    // local copy exists.
+    run(cargo().args(["deny", "--all-features", "check", "bans", "licenses", "sources"]))?;
+    let db = env::var_os("CARGO_HOME")
+        .map(PathBuf::from)
+        .or_else(|| env::var_os("HOME").map(|h| PathBuf::from(h).join(".cargo")))
+        .map(|h| h.join("advisory-dbs"));
+    match db {
+        Some(d) if d.is_dir() => run(cargo().args(["deny", "--all-features", "check", "--disable-fetch", "advisories"])),
+        _ => {
+            eprintln!("advisories: skipped (no local RustSec database; it cannot be fetched here)");
+            Ok(())
+        }
+    }
+}
+
+fn metadata(no_deps: bool) -> Result<serde_json::Value> {
+    let mut c = cargo();
+    c.args(["metadata", "--format-version", "1", "--all-features"]);
+    if no_deps {
+        c.arg("--no-deps");
+    }
+    let out = c.output().map_err(|e| format!("cargo metadata: {e}"))?;
+    if !out.status.success() {
+        return Err(format!("cargo metadata failed: {}", String::from_utf8_lossy(&out.stderr)));
+    }
+    serde_json::from_slice(&out.stdout).map_err(|e| format!("cargo metadata output: {e}"))
+}
+
+fn packages(meta: &serde_json::Value) -> Vec<&serde_json::Value> {
+    meta["packages"].as_array().map(|a| a.iter().collect()).unwrap_or_default()
+}
+
+/// Leaves never depend on siblings (one stated exception); cache-core pulls in no heavy I/O
+/// dependency, even transitively.
+fn layering() -> Result {
+    const LEAVES: [&str; 7] = [
+        "strata-cache-redis",
+        "strata-cache-sql",
+        "strata-consistency",
+        "strata-security",
+        "strata-gpu",
+        "strata-resource-qos",
+        "strata-telemetry",
+    ];
+    const ALLOWED: [(&str, &str); 1] = [("strata-resource-qos", "strata-gpu")];
+    const HEAVY: [&str; 10] = [
+        "redis",
+        "deadpool-redis",
+        "sea-orm",
+        "sqlx",
+        "opentelemetry",
+        "opentelemetry_sdk",
+        "prometheus",
+        "nvml-wrapper",
+        "axum",
+        "hyper",
+    ];
+    let meta = metadata(false)?;
+    let mut problems = Vec::new();
+    let pkgs = packages(&meta);
+    let by_id: BTreeMap<&str, &str> =
+        pkgs.iter().filter_map(|p| Some((p["id"].as_str()?, p["name"].as_str()?))).collect();
+    for p in &pkgs {
+        let Some(name) = p["name"].as_str() else { continue };
+        if !name.starts_with("strata") {
+            continue;
+        }
+        for d in p["dependencies"].as_array().into_iter().flatten() {
+            let (Some(dep), kind) = (d["name"].as_str(), d["kind"].as_str()) else { continue };
+            if kind == Some("dev") {
+                continue;
+            }
+            if name == "strata-cache-core" && dep.starts_with("strata") {
+                problems.push(format!("strata-cache-core must not depend on {dep}"));
+            }
+            if LEAVES.contains(&name) && LEAVES.contains(&dep) && !ALLOWED.contains(&(name, dep)) {
+                problems.push(format!("leaf {name} must not depend on sibling leaf {dep}"));
+            }
+        }
+    }
+    // Transitive normal dependencies of cache-core.
+    let nodes = meta["resolve"]["nodes"].as_array().ok_or("no resolve graph")?;
+    let graph: BTreeMap<&str, Vec<&str>> = nodes
+        .iter()
+        .filter_map(|n| {
+            let deps = n["deps"]
+                .as_array()?
+                .iter()
+                .filter(|d| d["dep_kinds"].as_array().is_some_and(|ks| ks.iter().any(|k| k["kind"].is_null())))
+                .filter_map(|d| d["pkg"].as_str())
+                .collect();
+            Some((n["id"].as_str()?, deps))
+        })
+        .collect();
+    let core = by_id.iter().find(|(_, n)| **n == "strata-cache-core").map(|(id, _)| *id).ok_or("no strata-cache-core")?;
+    let mut seen = BTreeSet::new();
+    let mut stack = vec![core];
+    while let Some(id) = stack.pop() {
+        if !seen.insert(id) {
+            continue;
+        }
+        if let Some(name) = by_id.get(id) {
+            if HEAVY.contains(name) {
+                problems.push(format!("strata-cache-core pulls in {name}"));
+            }
+        }
+        stack.extend(graph.get(id).into_iter().flatten().copied());
+    }
+    if problems.is_empty() {
+        eprintln!("layering: ok ({} crates in cache-core's dependency closure)", seen.len());
+        Ok(())
+    } else {
+        Err(problems.join("; "))
+    }
+}
