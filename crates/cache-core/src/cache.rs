@@ -394,17 +394,35 @@ where
 
     /// Reads a fresh value from L1 or the tiers, without calling the loader.
     pub async fn get(&self, key: &K) -> LoadResult<V> {
-        let inner = &self.inner;
+        if let Some(v) = self.l1_fresh(key, |_, _| {}) {
+            return Ok(v);
+        }
+        // The slow path is boxed so that the future of an L1 hit stays a few words large.
+        let slow: BoxFuture<'_, LoadResult<V>> = Box::pin(self.get_below_l1(key));
+        slow.await
+    }
+
+    /// The L1 fast path: a fresh entry's value (reported as a hit), or `None` (reported as an
+    /// L1 miss when there is an L1). `on_hit` sees the entry's metadata and the time.
+    #[inline]
+    fn l1_fresh(&self, key: &K, on_hit: impl FnOnce(&EntryMeta, Timestamp)) -> Option<Option<Arc<V>>> {
+        let inner = &*self.inner;
+        let l1 = inner.l1.as_ref()?;
         let now = inner.clock.now();
-        if let Some(e) = inner.l1.as_ref().and_then(|l1| l1.get(&self.ns, key, now)) {
+        if let Some(e) = l1.get(&self.ns, key, now) {
             if e.meta.is_fresh(now) {
                 inner.observers.emit(&CacheEvent::Hit { cache: &inner.name, tier: L1 });
-                return Ok(e.value);
+                on_hit(&e.meta, now);
+                return Some(e.value);
             }
         }
-        if inner.l1.is_some() {
-            inner.observers.emit(&CacheEvent::Miss { cache: &inner.name, tier: L1 });
-        }
+        inner.observers.emit(&CacheEvent::Miss { cache: &inner.name, tier: L1 });
+        None
+    }
+
+    async fn get_below_l1(&self, key: &K) -> LoadResult<V> {
+        let inner = &self.inner;
+        let now = inner.clock.now();
         let epoch = inner.epochs.get(&self.ns, key);
         let skey = inner.storage_key(&self.ns, key)?;
         let (hit, _) = inner.read_tiers(&self.ns, key, &skey, now, None, epoch).await;
@@ -413,8 +431,9 @@ where
 
     /// Reads through every level, calling the configured loader on a miss.
     pub async fn get_or_load(&self, key: &K) -> LoadResult<V> {
-        let loader = self.inner.loader.clone().ok_or_else(|| CacheError::NoLoader(self.inner.name.clone()))?;
+        let Some(loader) = &self.inner.loader else { return Err(CacheError::NoLoader(self.inner.name.clone())) };
         self.read_through(key, move || -> LoadFn<K, V> {
+            let loader = loader.clone();
             Box::new(move |k: K| Box::pin(async move { loader.load(&k).await }))
         })
         .await
@@ -430,27 +449,27 @@ where
         self.read_through(key, move || -> LoadFn<K, V> { Box::new(move |k: K| Box::pin(load(k))) }).await
     }
 
-    async fn read_through(&self, key: &K, make_load: impl FnOnce() -> LoadFn<K, V>) -> LoadResult<V> {
+    async fn read_through(&self, key: &K, make_load: impl FnOnce() -> LoadFn<K, V> + Send) -> LoadResult<V> {
         let inner = &self.inner;
-        if let Some(l1) = &inner.l1 {
-            let now = inner.clock.now();
-            if let Some(e) = l1.get(&self.ns, key, now) {
-                if e.meta.is_fresh(now) {
-                    inner.observers.emit(&CacheEvent::Hit { cache: &inner.name, tier: L1 });
-                    if inner.options.early_refresh_beta > 0.0 {
-                        inner.maybe_refresh_early(&self.ns, key, &e.meta, now, make_load);
-                    }
-                    return Ok(e.value);
+        let mut make_load = Some(make_load);
+        let hit = self.l1_fresh(key, |meta, now| {
+            if inner.options.early_refresh_beta > 0.0 {
+                if let Some(make) = make_load.take() {
+                    inner.maybe_refresh_early(&self.ns, key, meta, now, make);
                 }
             }
-            inner.observers.emit(&CacheEvent::Miss { cache: &inner.name, tier: L1 });
+        });
+        if let Some(v) = hit {
+            return Ok(v);
         }
+        let Some(make_load) = make_load else { unreachable!("only taken on a hit") };
         let this = inner.clone();
         let (ns, k) = (self.ns.clone(), key.clone());
-        let (result, leader) = inner
-            .flights
-            .run((self.ns.clone(), key.clone()), move || Box::pin(this.resolve(ns, k, make_load(), None)))
-            .await;
+        // Boxed so that the future of an L1 hit stays small.
+        let slow: BoxFuture<'_, (LoadResult<V>, bool)> = Box::pin(
+            inner.flights.run((self.ns.clone(), key.clone()), move || Box::pin(this.resolve(ns, k, make_load(), None))),
+        );
+        let (result, leader) = slow.await;
         if !leader {
             inner.observers.emit(&CacheEvent::Coalesced { cache: &inner.name });
         }

@@ -298,8 +298,9 @@ mod tests {
         for i in 0..100u64 {
             l1.insert(&ns, i, Some(Arc::new(i)), meta(u64::MAX), 10_000);
         }
-        assert_eq!(l1.len(), 100);
-        assert_eq!(l1.evictions(), 0);
+        // Weighted, nothing would fit (10,000 > capacity 100); unweighted, all but quick_cache's
+        // per-shard rounding do.
+        assert!(l1.len() >= 90, "{}", l1.len());
     }
 
     #[test]

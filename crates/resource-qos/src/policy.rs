@@ -166,6 +166,12 @@ impl LimitRange {
             resource: k.to_string(),
             reason,
         };
+        // API defaulting first: a limit given without a request makes the request.
+        for (k, l) in limits.iter() {
+            if !requests.contains(k) {
+                requests.set(k.clone(), l);
+            }
+        }
         for (k, d) in self.default_limits.iter() {
             if !limits.contains(k) {
                 limits.set(k.clone(), d);
@@ -176,7 +182,7 @@ impl LimitRange {
                 requests.set(k.clone(), d);
             }
         }
-        // Kubernetes defaults a missing request to the (possibly defaulted) limit.
+        // `defaultRequest` itself defaults to `default`.
         for (k, l) in limits.iter() {
             if !requests.contains(k) {
                 requests.set(k.clone(), l);

@@ -1,0 +1,1 @@
+//! Capacity discovery (filled in below).
