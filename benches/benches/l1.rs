@@ -15,9 +15,8 @@ const KEYS: u64 = 10_000;
 
 fn caches() -> (Cache<u64, String>, quick_cache::sync::Cache<u64, Arc<String>>) {
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
-    let cache = rt
-        .block_on(Cache::<u64, String>::builder("bench").l1(L1Config::entries(2 * KEYS)).build())
-        .expect("cache");
+    let cache =
+        rt.block_on(Cache::<u64, String>::builder("bench").l1(L1Config::entries(2 * KEYS)).build()).expect("cache");
     let raw = quick_cache::sync::Cache::new(2 * KEYS as usize);
     for k in 0..KEYS {
         rt.block_on(cache.set(k, format!("value-{k}"))).expect("set");

@@ -35,7 +35,8 @@ fn read_file(name: &str) -> std::io::Result<Vec<u8>> {
 pub fn gli() -> std::io::Result<Trace> {
     let mut text = String::new();
     flate2::read::GzDecoder::new(&read_file("gli.trace.gz")?[..]).read_to_string(&mut text)?;
-    let keys = text.lines().map(str::trim).filter(|l| !l.is_empty() && *l != "*").filter_map(|l| l.parse().ok()).collect();
+    let keys =
+        text.lines().map(str::trim).filter(|l| !l.is_empty() && *l != "*").filter_map(|l| l.parse().ok()).collect();
     Ok(Trace { name: "glimpse", keys })
 }
 

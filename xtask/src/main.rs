@@ -71,7 +71,9 @@ fn step(name: &str, f: impl FnOnce() -> Result) -> Result {
 fn ci() -> Result {
     let t = Instant::now();
     step("fmt", || run(cargo().args(["fmt", "--all", "--", "--check"])))?;
-    step("clippy", || run(cargo().args(["clippy", "--workspace", "--all-targets", "--all-features", "--", "-D", "warnings"])))?;
+    step("clippy", || {
+        run(cargo().args(["clippy", "--workspace", "--all-targets", "--all-features", "--", "-D", "warnings"]))
+    })?;
     step("layering", layering)?;
     step("facade features", features)?;
     step("tests", test)?;
@@ -140,7 +142,9 @@ fn deny() -> Result {
         .or_else(|| env::var_os("HOME").map(|h| PathBuf::from(h).join(".cargo")))
         .map(|h| h.join("advisory-dbs"));
     match db {
-        Some(d) if d.is_dir() => run(cargo().args(["deny", "--all-features", "check", "--disable-fetch", "advisories"])),
+        Some(d) if d.is_dir() => {
+            run(cargo().args(["deny", "--all-features", "check", "--disable-fetch", "advisories"]))
+        }
         _ => {
             eprintln!("advisories: skipped (no local RustSec database; it cannot be fetched here)");
             Ok(())
@@ -227,7 +231,8 @@ fn layering() -> Result {
             Some((n["id"].as_str()?, deps))
         })
         .collect();
-    let core = by_id.iter().find(|(_, n)| **n == "strata-cache-core").map(|(id, _)| *id).ok_or("no strata-cache-core")?;
+    let core =
+        by_id.iter().find(|(_, n)| **n == "strata-cache-core").map(|(id, _)| *id).ok_or("no strata-cache-core")?;
     let mut seen = BTreeSet::new();
     let mut stack = vec![core];
     while let Some(id) = stack.pop() {

@@ -54,7 +54,8 @@ fn key(id: u64) -> Key {
 async fn levels_fill_on_the_way_up() {
     let clock = ManualClock::new(1_000_000);
     let calls = Calls::default();
-    let (cache, l2, l3, stats) = two_tier(&clock, EntryOptions::new(Duration::from_secs(60)), &calls, Duration::ZERO).await;
+    let (cache, l2, l3, stats) =
+        two_tier(&clock, EntryOptions::new(Duration::from_secs(60)), &calls, Duration::ZERO).await;
 
     assert_eq!(cache.get_or_load(&1).await.unwrap().as_deref(), Some(&"v1".to_string()));
     assert_eq!(calls.load(Ordering::SeqCst), 1);
@@ -78,7 +79,8 @@ async fn levels_fill_on_the_way_up() {
 async fn failing_tier_is_skipped_and_counted() {
     let clock = ManualClock::new(1_000_000);
     let calls = Calls::default();
-    let (cache, l2, l3, stats) = two_tier(&clock, EntryOptions::new(Duration::from_secs(60)), &calls, Duration::ZERO).await;
+    let (cache, l2, l3, stats) =
+        two_tier(&clock, EntryOptions::new(Duration::from_secs(60)), &calls, Duration::ZERO).await;
     l2.set_failing(true);
     assert_eq!(cache.get_or_load(&5).await.unwrap().as_deref(), Some(&"v5".to_string()));
     assert!(stats.tier_errors() >= 2, "read and write errors counted");
@@ -93,7 +95,8 @@ async fn failing_tier_is_skipped_and_counted() {
 async fn corrupt_frames_are_misses_never_panics() {
     let clock = ManualClock::new(1_000_000);
     let calls = Calls::default();
-    let (cache, l2, _l3, stats) = two_tier(&clock, EntryOptions::new(Duration::from_secs(60)), &calls, Duration::ZERO).await;
+    let (cache, l2, _l3, stats) =
+        two_tier(&clock, EntryOptions::new(Duration::from_secs(60)), &calls, Duration::ZERO).await;
     cache.get_or_load(&9).await.unwrap();
     let good = l2.raw(&key(9)).unwrap();
     let mut bad = good.frame.to_vec();
@@ -113,7 +116,8 @@ async fn corrupt_frames_are_misses_never_panics() {
 async fn ten_thousand_concurrent_cold_reads_one_load() {
     let clock = ManualClock::new(1_000_000);
     let calls = Calls::default();
-    let (cache, _l2, _l3, stats) = two_tier(&clock, EntryOptions::new(Duration::from_secs(60)), &calls, Duration::from_millis(50)).await;
+    let (cache, _l2, _l3, stats) =
+        two_tier(&clock, EntryOptions::new(Duration::from_secs(60)), &calls, Duration::from_millis(50)).await;
     let barrier = Arc::new(tokio::sync::Barrier::new(10_000));
     let tasks: Vec<_> = (0..10_000)
         .map(|_| {
@@ -142,8 +146,10 @@ async fn waiters_share_the_same_arc_error() {
             Err::<Option<String>, BoxError>("source down".into())
         }
     };
-    let (a, b) = tokio::join!(cache.get_or_load_with(&1, mk(calls.clone())), cache.get_or_load_with(&1, mk(calls.clone())));
-    let (CacheError::Load { source: ea, .. }, CacheError::Load { source: eb, .. }) = (a.unwrap_err(), b.unwrap_err()) else {
+    let (a, b) =
+        tokio::join!(cache.get_or_load_with(&1, mk(calls.clone())), cache.get_or_load_with(&1, mk(calls.clone())));
+    let (CacheError::Load { source: ea, .. }, CacheError::Load { source: eb, .. }) = (a.unwrap_err(), b.unwrap_err())
+    else {
         panic!("expected load errors")
     };
     assert!(Arc::ptr_eq(&ea, &eb));
@@ -154,9 +160,16 @@ async fn waiters_share_the_same_arc_error() {
 async fn fail_safe_serves_stale_on_loader_error_then_errors_past_the_limit() {
     let clock = ManualClock::new(1_000_000);
     let stats = CacheStats::new();
-    let opts = EntryOptions::new(Duration::from_secs(10)).stale_limit(Duration::from_secs(60)).fail_safe_throttle(Duration::ZERO);
-    let cache: Cache<u64, String> =
-        Cache::builder("fs").clock(Arc::new(clock.clone())).options(opts).observer(stats.clone()).build().await.unwrap();
+    let opts = EntryOptions::new(Duration::from_secs(10))
+        .stale_limit(Duration::from_secs(60))
+        .fail_safe_throttle(Duration::ZERO);
+    let cache: Cache<u64, String> = Cache::builder("fs")
+        .clock(Arc::new(clock.clone()))
+        .options(opts)
+        .observer(stats.clone())
+        .build()
+        .await
+        .unwrap();
     cache.get_or_load_with(&1, |_| async { Ok(Some("old".to_string())) }).await.unwrap();
     clock.advance(Duration::from_secs(30)); // stale, within limit
     let failing = |_k: u64| async { Err::<Option<String>, BoxError>("down".into()) };
@@ -172,7 +185,8 @@ async fn fail_safe_throttle_keeps_a_failing_source_quiet() {
     let opts = EntryOptions::new(Duration::from_secs(10))
         .stale_limit(Duration::from_secs(60))
         .fail_safe_throttle(Duration::from_secs(5));
-    let cache: Cache<u64, String> = Cache::builder("fst").clock(Arc::new(clock.clone())).options(opts).build().await.unwrap();
+    let cache: Cache<u64, String> =
+        Cache::builder("fst").clock(Arc::new(clock.clone())).options(opts).build().await.unwrap();
     cache.get_or_load_with(&1, |_| async { Ok(Some("old".to_string())) }).await.unwrap();
     clock.advance(Duration::from_secs(11));
     let calls = Calls::default();
@@ -198,8 +212,13 @@ async fn soft_timeout_serves_stale_and_finishes_in_background() {
         .stale_limit(Duration::from_secs(60))
         .soft_timeout(Duration::from_millis(100))
         .hard_timeout(Duration::from_secs(5));
-    let cache: Cache<u64, String> =
-        Cache::builder("st").clock(Arc::new(clock.clone())).options(opts).observer(stats.clone()).build().await.unwrap();
+    let cache: Cache<u64, String> = Cache::builder("st")
+        .clock(Arc::new(clock.clone()))
+        .options(opts)
+        .observer(stats.clone())
+        .build()
+        .await
+        .unwrap();
     cache.get_or_load_with(&1, |_| async { Ok(Some("old".to_string())) }).await.unwrap();
     clock.advance(Duration::from_secs(11));
     let slow = |_k: u64| async {
@@ -247,7 +266,8 @@ async fn negative_caching() {
 async fn ttl_expiry_with_manual_clock() {
     let clock = ManualClock::new(1_000_000);
     let calls = Calls::default();
-    let (cache, _l2, _l3, _) = two_tier(&clock, EntryOptions::new(Duration::from_secs(60)), &calls, Duration::ZERO).await;
+    let (cache, _l2, _l3, _) =
+        two_tier(&clock, EntryOptions::new(Duration::from_secs(60)), &calls, Duration::ZERO).await;
     cache.get_or_load(&3).await.unwrap();
     clock.advance(Duration::from_secs(59));
     cache.get_or_load(&3).await.unwrap();
@@ -307,7 +327,8 @@ async fn invalidate_and_set_reach_every_level() {
 async fn get_many_batches_and_loads_the_rest() {
     let clock = ManualClock::new(1_000_000);
     let calls = Calls::default();
-    let (cache, l2, _l3, stats) = two_tier(&clock, EntryOptions::new(Duration::from_secs(60)), &calls, Duration::ZERO).await;
+    let (cache, l2, _l3, stats) =
+        two_tier(&clock, EntryOptions::new(Duration::from_secs(60)), &calls, Duration::ZERO).await;
     for k in 0..5 {
         cache.get_or_load(&k).await.unwrap();
     }
@@ -315,7 +336,10 @@ async fn get_many_batches_and_loads_the_rest() {
     let l2_calls = l2.calls();
     let keys: Vec<u64> = (0..10).collect();
     let vals = cache.get_many(&keys).await.unwrap();
-    assert_eq!(vals.iter().map(|v| v.as_deref().cloned()).collect::<Vec<_>>(), keys.iter().map(|k| Some(format!("v{k}"))).collect::<Vec<_>>());
+    assert_eq!(
+        vals.iter().map(|v| v.as_deref().cloned()).collect::<Vec<_>>(),
+        keys.iter().map(|k| Some(format!("v{k}"))).collect::<Vec<_>>()
+    );
     assert_eq!(stats.hits("l2"), 5);
     assert_eq!(calls.load(Ordering::SeqCst), 10);
     assert!(l2.calls() > l2_calls);
@@ -324,7 +348,8 @@ async fn get_many_batches_and_loads_the_rest() {
 #[tokio::test]
 async fn warm_loads_with_bounded_concurrency() {
     let calls = Calls::default();
-    let cache: Cache<u64, String> = Cache::builder("w").loader(loader(&calls, Duration::from_millis(1))).build().await.unwrap();
+    let cache: Cache<u64, String> =
+        Cache::builder("w").loader(loader(&calls, Duration::from_millis(1))).build().await.unwrap();
     let report = cache.warm((0..50).chain([404]), 8).await;
     assert_eq!(report, WarmReport { loaded: 50, not_found: 1, failed: 0 });
     assert_eq!(cache.l1().unwrap().len(), 50);
@@ -372,8 +397,13 @@ async fn invalid_configuration_is_refused_with_a_clear_error() {
 #[tokio::test]
 async fn oversized_values_are_refused_before_anything_changes() {
     let l2 = MemoryTier::new("m");
-    let cache: Cache<u64, Vec<u8>> =
-        Cache::builder("big").tier(Arc::new(l2.clone())).serializer(Postcard).max_value_bytes(1024).build().await.unwrap();
+    let cache: Cache<u64, Vec<u8>> = Cache::builder("big")
+        .tier(Arc::new(l2.clone()))
+        .serializer(Postcard)
+        .max_value_bytes(1024)
+        .build()
+        .await
+        .unwrap();
     let err = cache.set(1, vec![0; 4096]).await.unwrap_err();
     assert!(matches!(err, CacheError::TooLarge { limit: 1024, .. }), "{err}");
     assert!(l2.is_empty());
@@ -383,7 +413,8 @@ async fn oversized_values_are_refused_before_anything_changes() {
 #[tokio::test]
 async fn namespaces_do_not_mix() {
     let l2 = MemoryTier::new("m");
-    let cache: Cache<u64, String> = Cache::builder("ns").tier(Arc::new(l2.clone())).serializer(Postcard).build().await.unwrap();
+    let cache: Cache<u64, String> =
+        Cache::builder("ns").tier(Arc::new(l2.clone())).serializer(Postcard).build().await.unwrap();
     let a = cache.in_namespace("tenant-a").unwrap();
     let b = cache.in_namespace("tenant-b").unwrap();
     a.set(1, "a".into()).await.unwrap();

@@ -43,9 +43,11 @@ pub struct Dur(pub Duration);
 impl<'de> Deserialize<'de> for Dur {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let s = String::deserialize(d)?;
-        humantime::parse_duration(s.trim())
-            .map(Dur)
-            .map_err(|e| serde::de::Error::custom(format!("invalid duration {s:?} ({e}); write e.g. \"250ms\", \"30s\", \"5m\", \"2h\"")))
+        humantime::parse_duration(s.trim()).map(Dur).map_err(|e| {
+            serde::de::Error::custom(format!(
+                "invalid duration {s:?} ({e}); write e.g. \"250ms\", \"30s\", \"5m\", \"2h\""
+            ))
+        })
     }
 }
 
@@ -236,7 +238,10 @@ impl StrataConfig {
         for (section, b) in [("redis", &self.redis), ("sql", &self.sql)] {
             if let Some(b) = b {
                 if !b.url.contains("://") {
-                    return Err(ConfigError::new(format!("{section}.url"), format!("{:?} is not a URL (scheme://...)", b.url)));
+                    return Err(ConfigError::new(
+                        format!("{section}.url"),
+                        format!("{:?} is not a URL (scheme://...)", b.url),
+                    ));
                 }
             }
         }
@@ -285,7 +290,8 @@ fn apply_env(table: &mut toml::Table, var: &str, value: &str) -> Result<(), Conf
     let mut cur = table;
     for seg in &path[..path.len() - 1] {
         let entry = cur.entry(seg.clone()).or_insert_with(|| toml::Value::Table(toml::Table::new()));
-        cur = entry.as_table_mut().ok_or_else(|| ConfigError::new(var, format!("`{seg}` is not a table in the file")))?;
+        cur =
+            entry.as_table_mut().ok_or_else(|| ConfigError::new(var, format!("`{seg}` is not a table in the file")))?;
     }
     cur.insert(path[path.len() - 1].clone(), parsed);
     Ok(())

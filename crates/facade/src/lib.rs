@@ -47,7 +47,7 @@ use serde::de::DeserializeOwned;
 pub use strata_cache_core as core;
 pub use strata_cache_core::{
     BoxError, Cache, CacheBuilder, CacheError, CacheEvent, CacheKey, CacheObserver, CacheStats, Clock, Codec,
-    ConfigError, EntryOptions, FnLoader, InvalidationBus, Json, L1Config, LocalBus, Loader, ManualClock, MemoryTier,
+    ConfigError, EntryOptions, FnLoader, InvalidationBus, Json, L1Config, Loader, LocalBus, ManualClock, MemoryTier,
     Namespace, Postcard, Serializer, SystemClock, Tier, TierHealth, WarmReport, Writer,
 };
 

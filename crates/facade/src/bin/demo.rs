@@ -52,7 +52,9 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
     let products = strata
         .cache::<u64, Product>("products")
         .l1(strata::L1Config::entries(2_000))
-        .options(strata::EntryOptions::new(Duration::from_secs(30)).jitter(Duration::from_secs(5)).early_refresh_beta(1.0))
+        .options(
+            strata::EntryOptions::new(Duration::from_secs(30)).jitter(Duration::from_secs(5)).early_refresh_beta(1.0),
+        )
         .loader(FnLoader::new(move |id: u64| {
             let calls = calls.clone();
             async move {
