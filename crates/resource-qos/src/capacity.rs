@@ -1,1 +1,0 @@
-//! Capacity discovery (filled in below).
