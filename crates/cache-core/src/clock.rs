@@ -38,14 +38,68 @@ pub trait Clock: Send + Sync + 'static {
     fn now(&self) -> Timestamp;
 }
 
-/// The system clock.
+/// The system clock, made cheap to read.
+///
+/// Wall time is sampled once (at first use) and advanced by a TSC-backed monotonic clock
+/// ([quanta](https://docs.rs/quanta)), re-anchored to the wall clock once a minute. Reading it
+/// costs a few nanoseconds instead of a `clock_gettime` call, which matters because every L1 hit
+/// reads the time; and between re-anchorings time never jumps backwards when NTP steps the
+/// system clock.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct SystemClock;
 
+struct Anchor {
+    wall_ms: AtomicU64,
+    mono_ns: AtomicU64,
+    clock: quanta::Clock,
+}
+
+const REANCHOR_NS: u64 = 60_000_000_000;
+
+fn wall_ms() -> u64 {
+    let ms = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis()).unwrap_or(0);
+    u64::try_from(ms).unwrap_or(u64::MAX)
+}
+
+fn anchor() -> &'static Anchor {
+    static ANCHOR: std::sync::OnceLock<Anchor> = std::sync::OnceLock::new();
+    ANCHOR.get_or_init(|| {
+        let clock = quanta::Clock::new();
+        let mono_ns = clock.raw();
+        Anchor { wall_ms: AtomicU64::new(wall_ms()), mono_ns: AtomicU64::new(clock.delta_as_nanos(0, mono_ns)), clock }
+    })
+}
+
 impl Clock for SystemClock {
+    #[inline]
     fn now(&self) -> Timestamp {
-        let ms = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis()).unwrap_or(0);
-        Timestamp(u64::try_from(ms).unwrap_or(u64::MAX))
+        let a = anchor();
+        let now_ns = a.clock.delta_as_nanos(0, a.clock.raw());
+        let base_ns = a.mono_ns.load(Ordering::Relaxed);
+        let elapsed = now_ns.saturating_sub(base_ns);
+        if elapsed > REANCHOR_NS {
+            // Re-anchor; a racing reader may use either anchor, both are within NTP slew.
+            let w = wall_ms();
+            a.wall_ms.store(w, Ordering::Relaxed);
+            a.mono_ns.store(now_ns, Ordering::Relaxed);
+            return Timestamp(w);
+        }
+        Timestamp(a.wall_ms.load(Ordering::Relaxed).saturating_add(elapsed / 1_000_000))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn system_clock_tracks_wall_time() {
+        let a = SystemClock.now().0;
+        let w = wall_ms();
+        assert!(a.abs_diff(w) < 50, "{a} vs {w}");
+        std::thread::sleep(Duration::from_millis(30));
+        let b = SystemClock.now().0;
+        assert!(b >= a + 25 && b < a + 200, "{a} -> {b}");
     }
 }
 

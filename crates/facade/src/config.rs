@@ -348,7 +348,8 @@ mod tests {
 
     #[test]
     fn clear_errors_name_the_setting() {
-        let cases: &[(&str, &[(&str, &str)], &str)] = &[
+        type Case<'a> = (&'a str, &'a [(&'a str, &'a str)], &'a str);
+        let cases: &[Case<'_>] = &[
             ("[defaults]\nttl = \"soon\"", &[], "invalid duration"),
             ("[defaults]\nttl = \"0s\"", &[], "defaults.ttl"),
             ("[caches.x]\npreset = \"turbo\"", &[], "unknown variant"),
