@@ -126,15 +126,30 @@ mod tests {
     async fn ten_thousand_waiters_one_execution() {
         let sf = Arc::new(SingleFlight::<u32, Result<u32, Arc<String>>>::new());
         let calls = Arc::new(AtomicUsize::new(0));
-        let barrier = Arc::new(tokio::sync::Barrier::new(10_000));
+        let entered = Arc::new(AtomicUsize::new(0));
+        // The execution waits until every caller has joined, so that no caller can arrive after
+        // it finished (which would rightly start a second one) however slow the machine is.
+        let gate = Arc::new(tokio::sync::Semaphore::new(0));
         let mut tasks = Vec::new();
         for _ in 0..10_000 {
-            let (sf, calls, barrier) = (sf.clone(), calls.clone(), barrier.clone());
+            let (sf, calls, entered, gate) = (sf.clone(), calls.clone(), entered.clone(), gate.clone());
             tasks.push(tokio::spawn(async move {
-                barrier.wait().await;
-                sf.run(7, || counting(&calls, 50, 42)).await
+                // Counting and joining happen in the same poll: no await in between.
+                entered.fetch_add(1, Ordering::SeqCst);
+                sf.run(7, move || {
+                    Box::pin(async move {
+                        calls.fetch_add(1, Ordering::SeqCst);
+                        let _permit = gate.acquire().await;
+                        Ok(42)
+                    })
+                })
+                .await
             }));
         }
+        while entered.load(Ordering::SeqCst) < 10_000 {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        gate.add_permits(1);
         let mut leaders = 0;
         for t in tasks {
             let (r, leader) = t.await.unwrap();
