@@ -1,0 +1,234 @@
+//! Per-resource circuit breaker: opens when admissions keep failing for exhaustion, so callers
+//! fail fast instead of piling into the wait queue.
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use tokio::time::Instant;
+
+use crate::BreakerState;
+
+/// Circuit-breaker settings (one breaker per resource kind).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BreakerConfig {
+    /// Sliding window: the last `window` admission outcomes involving the resource.
+    pub window: usize,
+    /// No decision before this many outcomes are in the window.
+    pub min_calls: usize,
+    /// Open when failures / outcomes in the window reach this (0.0 < rate <= 1.0).
+    pub failure_rate: f64,
+    /// How long the breaker stays open before letting probes through, in milliseconds.
+    pub open_ms: u64,
+    /// Probe admissions allowed while half-open; that many successes close it, one failure reopens it.
+    pub half_open_probes: u32,
+    /// Set to `false` to disable breakers.
+    pub enabled: bool,
+}
+
+impl Default for BreakerConfig {
+    fn default() -> Self {
+        Self { window: 20, min_calls: 10, failure_rate: 0.5, open_ms: 5_000, half_open_probes: 3, enabled: true }
+    }
+}
+
+impl BreakerConfig {
+    pub(crate) fn validate(&self) -> Result<(), crate::QosError> {
+        let bad = |m: &str| Err(crate::QosError::InvalidConfig(format!("breaker: {m}")));
+        if self.window == 0 || self.min_calls == 0 || self.min_calls > self.window {
+            return bad("need 0 < min_calls <= window");
+        }
+        if !(self.failure_rate > 0.0 && self.failure_rate <= 1.0) {
+            return bad("failure_rate must be in (0, 1]");
+        }
+        if self.half_open_probes == 0 || self.open_ms == 0 {
+            return bad("open_ms and half_open_probes must be positive");
+        }
+        Ok(())
+    }
+}
+
+#[derive(Debug)]
+pub(crate) struct Breaker {
+    state: BreakerState,
+    ring: Vec<bool>,
+    pos: usize,
+    filled: usize,
+    failures: usize,
+    until: Option<Instant>,
+    probes_started: u32,
+    probes_ok: u32,
+}
+
+impl Breaker {
+    pub(crate) fn new(cfg: &BreakerConfig) -> Self {
+        Self {
+            state: BreakerState::Closed,
+            ring: vec![false; cfg.window],
+            pos: 0,
+            filled: 0,
+            failures: 0,
+            until: None,
+            probes_started: 0,
+            probes_ok: 0,
+        }
+    }
+
+    pub(crate) fn state(&self) -> BreakerState {
+        self.state
+    }
+
+    fn reset_window(&mut self) {
+        self.ring.iter_mut().for_each(|b| *b = false);
+        self.pos = 0;
+        self.filled = 0;
+        self.failures = 0;
+    }
+
+    /// May an admission involving this resource proceed? `Err(retry_after)` when not. The second
+    /// value reports a state change.
+    pub(crate) fn check(&mut self, cfg: &BreakerConfig, now: Instant) -> (Result<(), Duration>, Option<BreakerState>) {
+        let open_for = Duration::from_millis(cfg.open_ms);
+        match self.state {
+            BreakerState::Closed => (Ok(()), None),
+            BreakerState::Open => {
+                let until = self.until.unwrap_or(now);
+                if now < until {
+                    return (Err(until - now), None);
+                }
+                self.state = BreakerState::HalfOpen;
+                self.until = Some(now + open_for);
+                self.probes_started = 1;
+                self.probes_ok = 0;
+                (Ok(()), Some(BreakerState::HalfOpen))
+            }
+            BreakerState::HalfOpen => {
+                if self.probes_started < cfg.half_open_probes {
+                    self.probes_started += 1;
+                    return (Ok(()), None);
+                }
+                // Probes whose outcome never came (cancelled callers) must not wedge the breaker.
+                let until = self.until.unwrap_or(now);
+                if now >= until {
+                    self.until = Some(now + open_for);
+                    self.probes_started = 1;
+                    self.probes_ok = 0;
+                    return (Ok(()), None);
+                }
+                (Err(until - now), None)
+            }
+        }
+    }
+
+    pub(crate) fn on_success(&mut self, cfg: &BreakerConfig) -> Option<BreakerState> {
+        match self.state {
+            BreakerState::Closed => {
+                self.push(false);
+                None
+            }
+            BreakerState::HalfOpen => {
+                self.probes_ok += 1;
+                if self.probes_ok >= cfg.half_open_probes {
+                    self.state = BreakerState::Closed;
+                    self.reset_window();
+                    Some(BreakerState::Closed)
+                } else {
+                    None
+                }
+            }
+            BreakerState::Open => None,
+        }
+    }
+
+    pub(crate) fn on_failure(&mut self, cfg: &BreakerConfig, now: Instant) -> Option<BreakerState> {
+        let open = |b: &mut Self| {
+            b.state = BreakerState::Open;
+            b.until = Some(now + Duration::from_millis(cfg.open_ms));
+            b.reset_window();
+            Some(BreakerState::Open)
+        };
+        match self.state {
+            BreakerState::Closed => {
+                self.push(true);
+                if self.filled >= cfg.min_calls && self.failures as f64 >= cfg.failure_rate * self.filled as f64 {
+                    open(self)
+                } else {
+                    None
+                }
+            }
+            BreakerState::HalfOpen => open(self),
+            BreakerState::Open => None,
+        }
+    }
+
+    fn push(&mut self, failed: bool) {
+        if self.filled == self.ring.len() {
+            if self.ring[self.pos] {
+                self.failures -= 1;
+            }
+        } else {
+            self.filled += 1;
+        }
+        self.ring[self.pos] = failed;
+        if failed {
+            self.failures += 1;
+        }
+        self.pos = (self.pos + 1) % self.ring.len();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn opens_on_failure_rate_and_recovers_through_half_open() {
+        let cfg = BreakerConfig {
+            window: 4,
+            min_calls: 4,
+            failure_rate: 0.5,
+            open_ms: 100,
+            half_open_probes: 2,
+            enabled: true,
+        };
+        let mut b = Breaker::new(&cfg);
+        let t0 = Instant::now();
+        assert_eq!(b.on_success(&cfg), None);
+        assert_eq!(b.on_success(&cfg), None);
+        assert_eq!(b.on_failure(&cfg, t0), None);
+        assert_eq!(b.on_failure(&cfg, t0), Some(BreakerState::Open), "2 of 4 failed = 50 %");
+        assert!(b.check(&cfg, t0).0.is_err());
+        let later = t0 + Duration::from_millis(100);
+        assert_eq!(b.check(&cfg, later), (Ok(()), Some(BreakerState::HalfOpen)));
+        assert_eq!(b.check(&cfg, later).0, Ok(()));
+        assert!(b.check(&cfg, later).0.is_err(), "only two probes");
+        assert_eq!(b.on_success(&cfg), None);
+        assert_eq!(b.on_success(&cfg), Some(BreakerState::Closed));
+        assert_eq!(b.state(), BreakerState::Closed);
+    }
+
+    #[test]
+    fn half_open_failure_reopens_and_old_failures_slide_out() {
+        let cfg = BreakerConfig {
+            window: 3,
+            min_calls: 3,
+            failure_rate: 1.0,
+            open_ms: 10,
+            half_open_probes: 1,
+            enabled: true,
+        };
+        let mut b = Breaker::new(&cfg);
+        let t0 = Instant::now();
+        b.on_failure(&cfg, t0);
+        b.on_failure(&cfg, t0);
+        b.on_success(&cfg);
+        assert_eq!(b.on_failure(&cfg, t0), None, "window is [F, S, F]: 2/3 < 100 %");
+        assert_eq!(b.on_failure(&cfg, t0), None, "window is [S, F, F]");
+        assert_eq!(b.on_failure(&cfg, t0), Some(BreakerState::Open));
+        let later = t0 + Duration::from_millis(10);
+        assert!(b.check(&cfg, later).0.is_ok());
+        assert_eq!(b.on_failure(&cfg, later), Some(BreakerState::Open));
+        assert!(BreakerConfig { failure_rate: 0.0, ..cfg.clone() }.validate().is_err());
+        assert!(BreakerConfig { min_calls: 4, ..cfg }.validate().is_err());
+    }
+}
