@@ -76,43 +76,44 @@ pub fn replay_strata(keys: &[u64], capacity: u64) -> f64 {
     });
     let value = Arc::new(());
     let now = Timestamp(1);
-    let mut hits = 0u64;
-    for k in keys {
-        if l1.get(&ns, k, now).is_some() {
-            hits += 1;
-        } else {
-            l1.insert(&ns, *k, Some(value.clone()), meta.clone(), 1);
+    hit_ratio(keys, |k| {
+        let hit = l1.get(&ns, &k, now).is_some();
+        if !hit {
+            l1.insert(&ns, k, Some(value.clone()), meta.clone(), 1);
         }
-    }
-    100.0 * hits as f64 / keys.len() as f64
+        hit
+    })
 }
 
 /// Hit ratio (%) of moka 0.12 `sync::Cache`, pending work run after every insert.
 pub fn replay_moka(keys: &[u64], capacity: u64) -> f64 {
     let c = moka::sync::Cache::<u64, ()>::new(capacity);
-    let mut hits = 0u64;
-    for k in keys {
-        if c.get(k).is_some() {
-            hits += 1;
-        } else {
-            c.insert(*k, ());
+    hit_ratio(keys, |k| {
+        let hit = c.get(&k).is_some();
+        if !hit {
+            c.insert(k, ());
             c.run_pending_tasks();
         }
-    }
-    100.0 * hits as f64 / keys.len() as f64
+        hit
+    })
 }
 
 /// Hit ratio (%) of quick_cache `sync::Cache`.
 pub fn replay_quick_cache(keys: &[u64], capacity: u64) -> f64 {
     let c = quick_cache::sync::Cache::<u64, ()>::new(capacity as usize);
-    let mut hits = 0u64;
-    for k in keys {
-        if c.get(k).is_some() {
-            hits += 1;
-        } else {
-            c.insert(*k, ());
+    hit_ratio(keys, |k| {
+        let hit = c.get(&k).is_some();
+        if !hit {
+            c.insert(k, ());
         }
-    }
+        hit
+    })
+}
+
+/// The replay convention: every request is a lookup (`access` returns whether it hit and
+/// inserts on a miss); the result is hits / requests in percent.
+fn hit_ratio(keys: &[u64], mut access: impl FnMut(u64) -> bool) -> f64 {
+    let hits = keys.iter().filter(|k| access(**k)).count();
     100.0 * hits as f64 / keys.len() as f64
 }
 

@@ -541,20 +541,12 @@ where
                 };
                 inner.observers.emit(&CacheEvent::Hit { cache: &inner.name, tier: tier.name() });
                 let value = value.map(Arc::new);
-                if let Some(l1) = &inner.l1 {
-                    let w = inner.weight(&keys[i], value.as_deref(), Some(bytes.len()));
-                    l1.insert(&self.ns, keys[i].clone(), value.clone(), Arc::new(meta.clone()), w);
-                }
+                inner.fill_l1(&self.ns, keys[i].clone(), value.clone(), Arc::new(meta.clone()), Some(bytes.len()));
                 fills.push((skey, StoredEntry { meta, frame: bytes }));
                 out[i] = value;
             }
             if !fills.is_empty() {
-                let sets = inner.tiers[..ti].iter().map(|t| t.set_many(&fills));
-                for r in join_all(sets).await {
-                    if let Err(err) = r {
-                        inner.observers.emit(&CacheEvent::TierError { cache: &inner.name, error: &err });
-                    }
-                }
+                inner.settle_tier_writes(inner.tiers[..ti].iter().map(|t| t.set_many(&fills))).await;
             }
             pending = still;
         }
@@ -599,12 +591,7 @@ where
         if let Some(l1) = &inner.l1 {
             l1.remove(&self.ns, key);
         }
-        let dels = inner.tiers.iter().map(|t| t.delete(&skey));
-        for r in join_all(dels).await {
-            if let Err(err) = r {
-                inner.observers.emit(&CacheEvent::TierError { cache: &inner.name, error: &err });
-            }
-        }
+        inner.settle_tier_writes(inner.tiers.iter().map(|t| t.delete(&skey))).await;
         inner.publish(&self.ns, InvalidationTarget::Key(key.key_id())).await;
         Ok(())
     }
@@ -760,17 +747,9 @@ where
                 let value = value.map(Arc::new);
                 let meta = Arc::new(meta);
                 let entry = StoredEntry { meta: (*meta).clone(), frame: bytes.clone() };
-                let fills = self.tiers[..i].iter().map(|t| t.set(skey, &entry));
-                for r in join_all(fills).await {
-                    if let Err(err) = r {
-                        self.observers.emit(&CacheEvent::TierError { cache: &self.name, error: &err });
-                    }
-                }
-                if let Some(l1) = &self.l1 {
-                    if self.epochs.get(ns, key) == epoch {
-                        let w = self.weight(key, value.as_deref(), Some(bytes.len()));
-                        l1.insert(ns, key.clone(), value.clone(), meta.clone(), w);
-                    }
+                self.settle_tier_writes(self.tiers[..i].iter().map(|t| t.set(skey, &entry))).await;
+                if self.epochs.get(ns, key) == epoch {
+                    self.fill_l1(ns, key.clone(), value.clone(), meta.clone(), Some(bytes.len()));
                 }
                 return (Some(Fallback { value, meta }), stale);
             }
@@ -888,14 +867,13 @@ where
         let Some(fb) = fallback else { return Err(err) };
         self.observers.emit(&CacheEvent::StaleServed { cache: &self.name, reason });
         let throttle = self.options.fail_safe_throttle;
-        if let Some(l1) = self.l1.as_ref().filter(|_| !throttle.is_zero()) {
+        if self.l1.is_some() && !throttle.is_zero() {
             // Treat the stale value as fresh for a moment so a failing source is not hammered.
             let now = self.clock.now();
             let mut meta = (*fb.meta).clone();
             meta.fresh_until = now.saturating_add(throttle).min(meta.expires_at);
             if meta.fresh_until > now {
-                let w = self.weight(key, fb.value.as_deref(), None);
-                l1.insert(ns, key.clone(), fb.value.clone(), Arc::new(meta), w);
+                self.fill_l1(ns, key.clone(), fb.value.clone(), Arc::new(meta), None);
             }
         }
         Ok(fb.value)
@@ -930,17 +908,12 @@ where
         }
         let now = self.clock.now();
         let meta = new_meta(&self.options, now, duration, negative, self.next_version(now), fastrand::f64());
-        match self.encode_if_needed(&skey, value.as_deref(), &meta) {
-            Ok(frame) => self.store(&ns, key, &skey, value.clone(), Arc::new(meta), frame).await,
-            Err(e) => {
-                // Keep serving from L1; the remote tiers just miss this value.
-                tracing::warn!(cache = %self.name, error = %e, "loaded value not written to remote tiers");
-                if let Some(l1) = &self.l1 {
-                    let w = self.weight(&key, value.as_deref(), None);
-                    l1.insert(&ns, key, value.clone(), Arc::new(meta), w);
-                }
-            }
-        }
+        let frame = self.encode_if_needed(&skey, value.as_deref(), &meta).unwrap_or_else(|e| {
+            // Keep serving from L1; the remote tiers just miss this value.
+            tracing::warn!(cache = %self.name, error = %e, "loaded value not written to remote tiers");
+            None
+        });
+        self.store(&ns, key, &skey, value.clone(), Arc::new(meta), frame).await;
         Ok(value)
     }
 
@@ -953,17 +926,29 @@ where
         meta: Arc<EntryMeta>,
         frame: Option<Bytes>,
     ) {
-        if let Some(l1) = &self.l1 {
-            let w = self.weight(&key, value.as_deref(), frame.as_ref().map(Bytes::len));
-            l1.insert(ns, key, value, meta.clone(), w);
-        }
+        self.fill_l1(ns, key, value, meta.clone(), frame.as_ref().map(Bytes::len));
         if let Some(frame) = frame {
             let entry = StoredEntry { meta: (*meta).clone(), frame };
-            let writes = self.tiers.iter().map(|t| t.set(skey, &entry));
-            for r in join_all(writes).await {
-                if let Err(err) = r {
-                    self.observers.emit(&CacheEvent::TierError { cache: &self.name, error: &err });
-                }
+            self.settle_tier_writes(self.tiers.iter().map(|t| t.set(skey, &entry))).await;
+        }
+    }
+
+    /// Inserts into L1 (if there is one), weighing the entry.
+    fn fill_l1(&self, ns: &Namespace, key: K, value: Option<Arc<V>>, meta: Arc<EntryMeta>, frame_len: Option<usize>) {
+        if let Some(l1) = &self.l1 {
+            let w = self.weight(&key, value.as_deref(), frame_len);
+            l1.insert(ns, key, value, meta, w);
+        }
+    }
+
+    /// Runs tier writes concurrently; a failure is counted and the tier skipped, never returned.
+    async fn settle_tier_writes<F>(&self, writes: impl IntoIterator<Item = F>)
+    where
+        F: Future<Output = Result<(), crate::error::TierError>>,
+    {
+        for r in join_all(writes).await {
+            if let Err(err) = r {
+                self.observers.emit(&CacheEvent::TierError { cache: &self.name, error: &err });
             }
         }
     }

@@ -3,12 +3,12 @@
 //! Events carry the cache name and tier name (bounded cardinality) and never a key: observers
 //! that need one get the key's fingerprint.
 
-use std::collections::BTreeMap;
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use parking_lot::Mutex;
+use parking_lot::RwLock;
 
 use crate::error::{CacheError, CodecError, TierError};
 
@@ -154,7 +154,8 @@ impl CacheObserver for NoopObserver {}
 /// tests' assertions.
 #[derive(Debug, Default)]
 pub struct CacheStats {
-    counters: Mutex<BTreeMap<(String, String), Arc<AtomicU64>>>,
+    hits: PerTier,
+    misses: PerTier,
     loads: AtomicU64,
     stale: AtomicU64,
     evictions: AtomicU64,
@@ -169,26 +170,14 @@ impl CacheStats {
         Arc::new(Self::default())
     }
 
-    fn bump(&self, kind: &str, tier: &str) {
-        let c = {
-            let mut m = self.counters.lock();
-            m.entry((kind.to_owned(), tier.to_owned())).or_default().clone()
-        };
-        c.fetch_add(1, Ordering::Relaxed);
-    }
-
     /// Hits recorded for `tier`.
     pub fn hits(&self, tier: &str) -> u64 {
-        self.get("hit", tier)
+        self.hits.get(tier)
     }
 
     /// Misses recorded for `tier`.
     pub fn misses(&self, tier: &str) -> u64 {
-        self.get("miss", tier)
-    }
-
-    fn get(&self, kind: &str, tier: &str) -> u64 {
-        self.counters.lock().get(&(kind.to_owned(), tier.to_owned())).map_or(0, |c| c.load(Ordering::Relaxed))
+        self.misses.get(tier)
     }
 
     /// Loader calls.
@@ -225,8 +214,8 @@ impl CacheStats {
 impl CacheObserver for CacheStats {
     fn on_event(&self, event: &CacheEvent<'_>) {
         match event {
-            CacheEvent::Hit { tier, .. } => self.bump("hit", tier),
-            CacheEvent::Miss { tier, .. } => self.bump("miss", tier),
+            CacheEvent::Hit { tier, .. } => self.hits.bump(tier),
+            CacheEvent::Miss { tier, .. } => self.misses.bump(tier),
             CacheEvent::StaleServed { .. } => {
                 self.stale.fetch_add(1, Ordering::Relaxed);
             }
@@ -247,6 +236,25 @@ impl CacheObserver for CacheStats {
             }
             _ => {}
         }
+    }
+}
+
+/// One counter per tier name. Counting takes a shared read lock and allocates nothing once a
+/// tier has been seen (this runs on every L1 hit).
+#[derive(Debug, Default)]
+struct PerTier(RwLock<HashMap<String, AtomicU64>>);
+
+impl PerTier {
+    fn bump(&self, tier: &str) {
+        if let Some(c) = self.0.read().get(tier) {
+            c.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        self.0.write().entry(tier.to_owned()).or_default().fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn get(&self, tier: &str) -> u64 {
+        self.0.read().get(tier).map_or(0, |c| c.load(Ordering::Relaxed))
     }
 }
 
