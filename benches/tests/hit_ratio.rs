@@ -4,6 +4,8 @@
 
 use strata_benches::*;
 
+const SEEDS: usize = 5;
+
 #[test]
 fn l1_hit_ratio_matches_the_best_peer_on_real_traces() {
     let dir = traces_dir();
@@ -15,7 +17,10 @@ fn l1_hit_ratio_matches_the_best_peer_on_real_traces() {
     let mut failures = Vec::new();
     for (name, cap) in CASES {
         let t = traces.iter().find(|t| t.name == name).unwrap();
-        let (s, m, q) = (replay_strata(&t.keys, cap), replay_moka(&t.keys, cap), replay_quick_cache(&t.keys, cap));
+        // Strata's L1 and quick_cache shard by a randomly seeded hash, so one replay varies by a
+        // few tenths of a point from run to run: compare means over several seeds.
+        let mean = |f: fn(&[u64], u64) -> f64| (0..SEEDS).map(|_| f(&t.keys, cap)).sum::<f64>() / SEEDS as f64;
+        let (s, m, q) = (mean(replay_strata), replay_moka(&t.keys, cap), mean(replay_quick_cache));
         println!("{name:>8} {cap:>5}: strata {s:6.2}  moka {m:6.2}  quick_cache {q:6.2}");
         if s < m.max(q) - 0.5 {
             failures.push(format!("{name}/{cap}: strata {s:.2} < best {:.2} - 0.5", m.max(q)));
