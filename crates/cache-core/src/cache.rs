@@ -1,17 +1,18 @@
 //! The multi-level cache engine: L1 → tiers → loader, with singleflight, XFetch early refresh,
 //! fail-safe, negative caching and distributed invalidation.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::hash::{BuildHasher, Hash};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures::future::BoxFuture;
 use futures::{StreamExt, future::join_all};
-use parking_lot::Mutex;
+use parking_lot::{Mutex, RwLock};
+use tracing::Instrument;
 
 use crate::bus::{BusEvent, InstanceId, Invalidation, InvalidationBus, InvalidationTarget, Subscription};
 use crate::clock::{Clock, SystemClock, Timestamp};
@@ -21,6 +22,7 @@ use crate::expiry::{new_meta, should_refresh_early};
 use crate::frame::{self, Frame};
 use crate::key::{CacheKey, Key, Namespace, validate_name};
 use crate::l1::{L1Cache, L1Config};
+use crate::lock::{LoadLock, LockOptions};
 use crate::meta::EntryMeta;
 use crate::observer::{CacheEvent, CacheObserver, L1, LoadOutcome, Observers, StaleReason};
 use crate::options::EntryOptions;
@@ -37,6 +39,13 @@ type LoadFn<K, V> = Box<dyn FnOnce(K) -> BoxFuture<'static, Result<Option<V>, Bo
 
 /// A weigher for L1 entries: the value's approximate size in bytes.
 pub type Weigher<K, V> = Arc<dyn Fn(&K, &V) -> u64 + Send + Sync>;
+
+/// Maps a key id to the id remote tiers store (e.g. a keyed hash, so that personal data never
+/// appears in Redis key names or SQL rows).
+pub type KeyIdHasher = Arc<dyn Fn(&str) -> String + Send + Sync>;
+
+/// The most tags whose invalidation time a cache remembers (oldest forgotten first).
+const MAX_TAG_TIMES: usize = 10_000;
 
 /// The default largest serialized value (16 MiB).
 pub const DEFAULT_MAX_VALUE_BYTES: usize = 16 * 1024 * 1024;
@@ -95,6 +104,11 @@ struct Inner<K, V> {
     instance: InstanceId,
     max_value_bytes: usize,
     seq: AtomicU64,
+    lock: Option<(Arc<dyn LoadLock>, LockOptions)>,
+    key_hasher: Option<KeyIdHasher>,
+    /// When each `(namespace, tag)` was last invalidated: older entries carrying it are misses.
+    tag_times: RwLock<HashMap<(String, String), Timestamp>>,
+    has_tag_times: AtomicBool,
 }
 
 impl<K, V> Drop for Inner<K, V> {
@@ -158,6 +172,8 @@ pub struct CacheBuilder<K, V> {
     options: EntryOptions,
     bus: Option<Arc<dyn InvalidationBus>>,
     max_value_bytes: usize,
+    lock: Option<(Arc<dyn LoadLock>, LockOptions)>,
+    key_hasher: Option<KeyIdHasher>,
 }
 
 impl<K, V> CacheBuilder<K, V>
@@ -180,7 +196,24 @@ where
             options: EntryOptions::default(),
             bus: None,
             max_value_bytes: DEFAULT_MAX_VALUE_BYTES,
+            lock: None,
+            key_hasher: None,
         }
+    }
+
+    /// Fleet-wide stampede protection: on an L1 and tier miss, take `lock` so that one process
+    /// runs the loader while the others wait for its value (see [`crate::lock`]).
+    pub fn load_lock(mut self, lock: Arc<dyn LoadLock>, options: LockOptions) -> Self {
+        self.lock = Some((lock, options));
+        self
+    }
+
+    /// Stores entries in remote tiers under `hasher(key_id)` instead of the id itself (a keyed
+    /// hash keeps personal data out of Redis key names and SQL rows). Bus messages then carry
+    /// the hashed id too; receivers find the L1 entry by hashing their resident keys.
+    pub fn key_id_hasher(mut self, hasher: KeyIdHasher) -> Self {
+        self.key_hasher = Some(hasher);
+        self
     }
 
     /// Sets the L1 bounds.
@@ -291,6 +324,14 @@ where
             )
             .into());
         }
+        if let Some((_, o)) = &self.lock {
+            o.validate()?;
+            if self.tiers.is_empty() {
+                return Err(
+                    ConfigError::new("lock", "a load lock needs a remote tier to share the loaded value").into()
+                );
+            }
+        }
         if self.l1.is_none() && self.tiers.is_empty() {
             return Err(ConfigError::new("tiers", "a cache needs an L1 or at least one tier").into());
         }
@@ -324,6 +365,10 @@ where
             instance: InstanceId::random(),
             max_value_bytes: self.max_value_bytes,
             seq: AtomicU64::new(0),
+            lock: self.lock,
+            key_hasher: self.key_hasher,
+            tag_times: RwLock::new(HashMap::new()),
+            has_tag_times: AtomicBool::new(false),
         });
         if let Some(bus) = &inner.bus {
             let sub = bus.subscribe().await?;
@@ -398,7 +443,8 @@ where
             return Ok(v);
         }
         // The slow path is boxed so that the future of an L1 hit stays a few words large.
-        let slow: BoxFuture<'_, LoadResult<V>> = Box::pin(self.get_below_l1(key));
+        let span = self.span("cache.get", key);
+        let slow: BoxFuture<'_, LoadResult<V>> = Box::pin(self.get_below_l1(key).instrument(span));
         slow.await
     }
 
@@ -466,14 +512,51 @@ where
         let this = inner.clone();
         let (ns, k) = (self.ns.clone(), key.clone());
         // Boxed so that the future of an L1 hit stays small.
+        let span = self.span("cache.get", key);
         let slow: BoxFuture<'_, (LoadResult<V>, bool)> = Box::pin(
-            inner.flights.run((self.ns.clone(), key.clone()), move || Box::pin(this.resolve(ns, k, make_load(), None))),
+            inner
+                .flights
+                .run((self.ns.clone(), key.clone()), move || Box::pin(this.resolve(ns, k, make_load(), None)))
+                .instrument(span),
         );
         let (result, leader) = slow.await;
         if !leader {
             inner.observers.emit(&CacheEvent::Coalesced { cache: &inner.name });
         }
         result
+    }
+
+    /// A span for an operation below L1 (`cache.level` and `cache.hit` are recorded by the read
+    /// path). The key appears only as its fingerprint.
+    fn span(&self, name: &'static str, key: &K) -> tracing::Span {
+        let span = match name {
+            "cache.set" => tracing::info_span!(
+                "cache.set",
+                cache.name = %self.inner.name,
+                cache.namespace = %self.ns,
+                cache.key_hash = tracing::field::Empty
+            ),
+            "cache.invalidate" => tracing::info_span!(
+                "cache.invalidate",
+                cache.name = %self.inner.name,
+                cache.namespace = %self.ns,
+                cache.key_hash = tracing::field::Empty
+            ),
+            _ => tracing::info_span!(
+                "cache.get",
+                cache.name = %self.inner.name,
+                cache.namespace = %self.ns,
+                cache.key_hash = tracing::field::Empty,
+                cache.level = tracing::field::Empty,
+                cache.hit = tracing::field::Empty
+            ),
+        };
+        if !span.is_disabled() {
+            if let Ok(k) = self.inner.storage_key(&self.ns, key) {
+                span.record("cache.key_hash", k.log_hash().as_str());
+            }
+        }
+        span
     }
 
     /// Reads many keys: L1 first, then each tier with one batched call for the keys still
@@ -527,7 +610,9 @@ where
             let mut fills: Vec<(Key, StoredEntry)> = Vec::new();
             for ((i, skey), frame) in pending.into_iter().zip(frames) {
                 let hit = frame.and_then(|bytes| match inner.decode(&skey, &bytes) {
-                    Ok((meta, value)) if meta.is_fresh(now) => Some((meta, value, bytes)),
+                    Ok((meta, value)) if meta.is_fresh(now) && !inner.tag_invalidated(&self.ns, &meta) => {
+                        Some((meta, value, bytes))
+                    }
                     Ok(_) => None,
                     Err(e) => {
                         inner.report_decode_error(tier.name(), &e);
@@ -570,6 +655,11 @@ where
 
     /// Like [`Cache::set`] with explicit options.
     pub async fn set_with(&self, key: K, value: V, options: &EntryOptions) -> Result<Arc<V>, CacheError> {
+        let span = self.span("cache.set", &key);
+        self.set_inner(key, value, options).instrument(span).await
+    }
+
+    async fn set_inner(&self, key: K, value: V, options: &EntryOptions) -> Result<Arc<V>, CacheError> {
         options.validate()?;
         let inner = &self.inner;
         let skey = inner.storage_key(&self.ns, &key)?;
@@ -579,12 +669,17 @@ where
         let frame = inner.encode_if_needed(&skey, Some(&value), &meta)?;
         inner.epochs.bump(&self.ns, &key);
         inner.store(&self.ns, key.clone(), &skey, Some(value.clone()), Arc::new(meta), frame).await;
-        inner.publish(&self.ns, InvalidationTarget::Key(key.key_id())).await;
+        inner.publish(&self.ns, InvalidationTarget::Key(skey.id().to_owned())).await;
         Ok(value)
     }
 
     /// Removes a key from L1 and every tier, then publishes the invalidation.
     pub async fn invalidate(&self, key: &K) -> Result<(), CacheError> {
+        let span = self.span("cache.invalidate", key);
+        self.invalidate_inner(key).instrument(span).await
+    }
+
+    async fn invalidate_inner(&self, key: &K) -> Result<(), CacheError> {
         let inner = &self.inner;
         let skey = inner.storage_key(&self.ns, key)?;
         inner.epochs.bump(&self.ns, key);
@@ -592,8 +687,54 @@ where
             l1.remove(&self.ns, key);
         }
         inner.settle_tier_writes(inner.tiers.iter().map(|t| t.delete(&skey))).await;
-        inner.publish(&self.ns, InvalidationTarget::Key(key.key_id())).await;
+        inner.publish(&self.ns, InvalidationTarget::Key(skey.id().to_owned())).await;
         Ok(())
+    }
+
+    /// Invalidates a key given its id as text (for adapters that receive invalidations from
+    /// outside the process): the id is parsed with the key type's `FromStr`.
+    pub async fn invalidate_id(&self, id: &str) -> Result<(), CacheError> {
+        let key = K::from_key_id(id)
+            .ok_or_else(|| CacheError::InvalidKey("key id does not parse as this cache's key type".into()))?;
+        self.invalidate(&key).await
+    }
+
+    /// Makes every entry of this namespace carrying `tag` a miss at every level: L1 entries are
+    /// dropped, each tier deletes what it can ([`Tier::invalidate_tag`]), entries created
+    /// before now that still carry the tag are treated as misses wherever they are read, and
+    /// other instances are told over the bus.
+    pub async fn invalidate_tag(&self, tag: &str) -> Result<(), CacheError> {
+        validate_tag(tag)?;
+        let inner = &self.inner;
+        let span = tracing::info_span!("cache.invalidate_tag", cache.name = %inner.name, cache.namespace = %self.ns);
+        async {
+            inner.apply_tag_invalidation(&self.ns, tag);
+            let deletes = inner.tiers.iter().map(|t| t.invalidate_tag(&inner.name, self.ns.as_str(), tag));
+            for r in join_all(deletes).await {
+                match r {
+                    Ok(_) => {}
+                    Err(e) if e.kind() == crate::error::TierErrorKind::Unsupported => {}
+                    Err(err) => inner.observers.emit(&CacheEvent::TierError { cache: &inner.name, error: &err }),
+                }
+            }
+            inner.observers.emit(&CacheEvent::TagInvalidated { cache: &inner.name });
+            inner.publish(&self.ns, InvalidationTarget::Tag(tag.to_owned())).await;
+        }
+        .instrument(span)
+        .await;
+        Ok(())
+    }
+
+    /// The names of the codecs values pass through before remote tiers, in encoding order.
+    pub fn codec_names(&self) -> Vec<&'static str> {
+        self.inner.pipeline.codecs().iter().map(|c| c.name()).collect()
+    }
+
+    /// Up to `limit` keys resident in this namespace's L1 (the hot set, for snapshots that warm a
+    /// restarted process).
+    pub fn l1_keys(&self, limit: usize) -> Vec<K> {
+        let Some(l1) = &self.inner.l1 else { return Vec::new() };
+        l1.keys_in(&self.ns, limit)
     }
 
     /// Drops every L1 entry of this cache (all namespaces); tiers are untouched.
@@ -629,7 +770,43 @@ where
     V: Send + Sync + 'static,
 {
     fn storage_key(&self, ns: &Namespace, key: &K) -> Result<Key, CacheError> {
-        Key::with_cache(self.name.clone(), ns.clone(), &key.key_id())
+        match &self.key_hasher {
+            None => Key::with_cache(self.name.clone(), ns.clone(), &key.key_id()),
+            Some(h) => Key::with_cache(self.name.clone(), ns.clone(), &h(&key.key_id())),
+        }
+    }
+
+    /// Whether `meta` carries a tag invalidated at or after the entry's creation.
+    fn tag_invalidated(&self, ns: &Namespace, meta: &EntryMeta) -> bool {
+        if meta.tags.is_empty() || !self.has_tag_times.load(Ordering::Acquire) {
+            return false;
+        }
+        let times = self.tag_times.read();
+        meta.tags.iter().any(|t| {
+            // `<=`: within the clock's millisecond, err on the side of a miss rather than stale data.
+            times.get(&(ns.as_str().to_owned(), t.clone())).is_some_and(|&at| meta.created <= at)
+        })
+    }
+
+    /// Records a tag invalidation and drops L1 entries carrying it.
+    fn apply_tag_invalidation(&self, ns: &Namespace, tag: &str) {
+        let now = self.clock.now();
+        {
+            let mut times = self.tag_times.write();
+            if times.len() >= MAX_TAG_TIMES {
+                // Forget the oldest half: entries that old have usually expired.
+                let mut all: Vec<Timestamp> = times.values().copied().collect();
+                all.sort_unstable();
+                let cut = all[all.len() / 2];
+                times.retain(|_, t| *t > cut);
+            }
+            times.insert((ns.as_str().to_owned(), tag.to_owned()), now);
+            self.has_tag_times.store(true, Ordering::Release);
+        }
+        self.epochs.bump_all();
+        if let Some(l1) = &self.l1 {
+            l1.remove_where(|n, _, meta| n == ns && meta.tags.iter().any(|t| t == tag));
+        }
     }
 
     fn next_version(&self, now: Timestamp) -> u64 {
@@ -741,9 +918,16 @@ where
                     continue;
                 }
             };
+            if self.tag_invalidated(ns, &meta) {
+                self.observers.emit(&CacheEvent::Miss { cache: &self.name, tier: tier.name() });
+                continue;
+            }
             let usable = newer_than.is_none_or(|t| meta.fresh_until > t);
             if meta.is_fresh(now) && usable {
                 self.observers.emit(&CacheEvent::Hit { cache: &self.name, tier: tier.name() });
+                let span = tracing::Span::current();
+                span.record("cache.level", tier.name());
+                span.record("cache.hit", true);
                 let value = value.map(Arc::new);
                 let meta = Arc::new(meta);
                 let entry = StoredEntry { meta: (*meta).clone(), frame: bytes.clone() };
@@ -789,7 +973,55 @@ where
                 fallback = Some(s);
             }
         }
+        let span = tracing::Span::current();
+        span.record("cache.level", "loader");
+        span.record("cache.hit", false);
+        if let (Some((lock, opts)), None) = (&self.lock, newer_than) {
+            match lock.try_acquire(&skey, opts.ttl).await {
+                Ok(Some(token)) => {
+                    self.observers.emit(&CacheEvent::LockAcquired { cache: &self.name });
+                    let r = self.clone().load(ns, key, skey.clone(), load, fallback, epoch).await;
+                    if let Err(err) = lock.release(&skey, &token).await {
+                        self.observers.emit(&CacheEvent::TierError { cache: &self.name, error: &err });
+                    }
+                    return r;
+                }
+                Ok(None) => {
+                    if let Some(hit) = self.wait_for_lock_holder(&ns, &key, &skey, opts, epoch).await {
+                        return Ok(hit.value);
+                    }
+                }
+                Err(err) => self.observers.emit(&CacheEvent::TierError { cache: &self.name, error: &err }),
+            }
+        }
         self.load(ns, key, skey, load, fallback, epoch).await
+    }
+
+    /// Another process holds the load lock: poll the tiers for the value it will write, up to
+    /// `max_wait`.
+    async fn wait_for_lock_holder(
+        &self,
+        ns: &Namespace,
+        key: &K,
+        skey: &Key,
+        opts: &LockOptions,
+        epoch: u64,
+    ) -> Option<Fallback<V>> {
+        let deadline = Instant::now() + opts.max_wait;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            tokio::time::sleep(opts.poll_interval.min(left)).await;
+            let (hit, _) = self.read_tiers(ns, key, skey, self.clock.now(), None, epoch).await;
+            if hit.is_some() {
+                self.observers.emit(&CacheEvent::LockWaited { cache: &self.name, found: true });
+                return hit;
+            }
+        }
+        self.observers.emit(&CacheEvent::LockWaited { cache: &self.name, found: false });
+        None
     }
 
     async fn load(
@@ -1001,20 +1233,27 @@ where
         match ev {
             BusEvent::Invalidate(m) if m.origin != self.instance && *m.cache == *self.name => {
                 self.observers.emit(&CacheEvent::InvalidationReceived { cache: &self.name });
-                let Some(l1) = &self.l1 else { return };
                 let ns = Namespace::new(&m.namespace).ok();
+                if let (InvalidationTarget::Tag(tag), Some(ns)) = (&m.target, &ns) {
+                    // Also hides entries carrying the tag when read from tiers later.
+                    self.apply_tag_invalidation(ns, tag);
+                    return;
+                }
+                let Some(l1) = &self.l1 else { return };
                 match (m.target, ns) {
-                    (InvalidationTarget::Key(id), Some(ns)) => match K::from_key_id(&id) {
-                        Some(k) => {
-                            self.epochs.bump(&ns, &k);
-                            l1.remove(&ns, &k);
+                    (InvalidationTarget::Key(id), Some(ns)) => match &self.key_hasher {
+                        None => match K::from_key_id(&id) {
+                            Some(k) => {
+                                self.epochs.bump(&ns, &k);
+                                l1.remove(&ns, &k);
+                            }
+                            None => self.resync(),
+                        },
+                        Some(h) => {
+                            self.epochs.bump_all();
+                            l1.remove_where(|n, k, _| *n == ns && h(&k.key_id()) == id);
                         }
-                        None => self.resync(),
                     },
-                    (InvalidationTarget::Tag(tag), _) => {
-                        self.epochs.bump_all();
-                        l1.remove_where(|_, _, meta| meta.tags.contains(&tag));
-                    }
                     (InvalidationTarget::Namespace, Some(ns)) => {
                         self.epochs.bump_all();
                         l1.remove_where(|n, _, _| *n == ns);
@@ -1036,4 +1275,16 @@ where
             l1.clear();
         }
     }
+}
+
+/// Checks a tag: 1–[`frame::MAX_TAG_LEN`] bytes, no control characters.
+fn validate_tag(tag: &str) -> Result<(), CacheError> {
+    use crate::frame::MAX_TAG_LEN;
+    if tag.is_empty() || tag.len() > MAX_TAG_LEN {
+        return Err(CacheError::InvalidKey(format!("tag must be 1..={MAX_TAG_LEN} bytes, got {}", tag.len())));
+    }
+    if tag.chars().any(char::is_control) {
+        return Err(CacheError::InvalidKey("tag must not contain control characters".into()));
+    }
+    Ok(())
 }

@@ -27,6 +27,8 @@ pub enum TierErrorKind {
     Protocol,
     /// The request was invalid for this backend (value too large, bad key).
     InvalidRequest,
+    /// The tier does not support this operation (e.g. tag invalidation).
+    Unsupported,
     /// Anything else.
     Other,
 }

@@ -131,6 +131,13 @@ impl Key {
     }
 }
 
+impl Key {
+    /// [`Key::fingerprint`] as 16 hex digits: the form used in logs and span attributes.
+    pub fn log_hash(&self) -> String {
+        format!("{:016x}", self.fingerprint())
+    }
+}
+
 impl fmt::Debug for Key {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Key")

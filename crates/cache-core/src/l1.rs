@@ -224,6 +224,11 @@ where
         self.inner.retain(|k, v| !drop(&k.ns, &k.key, &v.meta));
     }
 
+    /// Up to `limit` keys resident in namespace `ns`.
+    pub fn keys_in(&self, ns: &Namespace, limit: usize) -> Vec<K> {
+        self.inner.iter().filter(|(k, _)| k.ns == *ns).map(|(k, _)| k.key).take(limit).collect()
+    }
+
     /// Removes everything.
     pub fn clear(&self) {
         self.inner.clear();

@@ -6,7 +6,8 @@
 //! in leaf crates that implement these traits.
 //!
 //! ## Tour
-//! - Seams: [`Tier`] (byte-level L2/L3), [`Codec`] + [`CodecPipeline`], [`Serializer`]
+//! - Seams: [`Tier`] (byte-level L2/L3; [`BreakerTier`] puts a circuit breaker in front),
+//!   [`LoadLock`] (fleet-wide stampede lock), [`Codec`] + [`CodecPipeline`], [`Serializer`]
 //!   ([`Postcard`], [`Json`]), [`Loader`] / [`Writer`], [`InvalidationBus`] ([`LocalBus`]),
 //!   [`CacheObserver`] ([`CacheStats`], [`NoopObserver`]), [`Clock`] ([`ManualClock`] for tests).
 //! - Data: [`Key`] (cache, [`Namespace`], id), [`EntryMeta`], [`EntryOptions`], [`frame`].
@@ -44,6 +45,7 @@
 //! # }).unwrap();
 //! ```
 
+pub mod breaker;
 pub mod bus;
 mod cache;
 pub mod clock;
@@ -53,6 +55,7 @@ pub mod expiry;
 pub mod frame;
 pub mod key;
 pub mod l1;
+pub mod lock;
 pub mod meta;
 pub mod observer;
 pub mod options;
@@ -61,8 +64,9 @@ pub mod singleflight;
 pub mod source;
 pub mod tier;
 
+pub use breaker::{BreakerConfig, BreakerState, BreakerTier, CircuitBreaker};
 pub use bus::{BusEvent, InstanceId, Invalidation, InvalidationBus, InvalidationTarget, LocalBus, Subscription};
-pub use cache::{Cache, CacheBuilder, DEFAULT_MAX_VALUE_BYTES, LoadResult, WarmReport, Weigher};
+pub use cache::{Cache, CacheBuilder, DEFAULT_MAX_VALUE_BYTES, KeyIdHasher, LoadResult, WarmReport, Weigher};
 pub use clock::{Clock, ManualClock, SystemClock, Timestamp};
 pub use codec::{Codec, CodecContext, CodecPipeline, Encoded};
 pub use error::{
@@ -71,6 +75,7 @@ pub use error::{
 };
 pub use key::{CacheKey, Key, Namespace};
 pub use l1::{L1Cache, L1Config, L1Entry};
+pub use lock::{LoadLock, LockOptions, LockToken};
 pub use meta::EntryMeta;
 pub use observer::{CacheEvent, CacheObserver, CacheStats, LoadOutcome, NoopObserver, StaleReason};
 pub use options::EntryOptions;

@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use parking_lot::RwLock;
 
+use crate::breaker::BreakerState;
 use crate::error::{CacheError, CodecError, TierError};
 
 /// The name the L1 memory tier reports as.
@@ -133,6 +134,53 @@ pub enum CacheEvent<'a> {
         /// The cache.
         cache: &'a str,
     },
+    /// A tier's circuit breaker changed state (`cache` is empty when a tier wrapper shared by
+    /// several caches reports it).
+    BreakerTransition {
+        /// The cache, or `""`.
+        cache: &'a str,
+        /// The tier.
+        tier: &'a str,
+        /// The previous state.
+        from: BreakerState,
+        /// The new state.
+        to: BreakerState,
+    },
+    /// This process took the fleet-wide load lock for a key and runs the loader.
+    LockAcquired {
+        /// The cache.
+        cache: &'a str,
+    },
+    /// Another process held the load lock; this one waited for its value.
+    LockWaited {
+        /// The cache.
+        cache: &'a str,
+        /// Whether the value appeared in a tier before the wait ended.
+        found: bool,
+    },
+    /// The write-behind backlog changed (entries acknowledged but not yet in the source).
+    WriteBehindBacklog {
+        /// The cache.
+        cache: &'a str,
+        /// Entries waiting.
+        backlog: usize,
+    },
+    /// A write-behind batch was written to the source (or failed and will be retried).
+    WriteBehindFlush {
+        /// The cache.
+        cache: &'a str,
+        /// Entries in the batch.
+        entries: usize,
+        /// How long the write took.
+        duration: Duration,
+        /// Whether the source accepted it.
+        ok: bool,
+    },
+    /// Every entry carrying a tag was invalidated.
+    TagInvalidated {
+        /// The cache.
+        cache: &'a str,
+    },
 }
 
 /// Receives [`CacheEvent`]s. Implementations must be cheap and must not block: they run on
@@ -162,6 +210,11 @@ pub struct CacheStats {
     tier_errors: AtomicU64,
     decode_errors: AtomicU64,
     coalesced: AtomicU64,
+    resyncs: AtomicU64,
+    invalidations_received: AtomicU64,
+    lock_acquired: AtomicU64,
+    lock_waited_found: AtomicU64,
+    lock_waited_timeout: AtomicU64,
 }
 
 impl CacheStats {
@@ -209,6 +262,26 @@ impl CacheStats {
     pub fn coalesced(&self) -> u64 {
         self.coalesced.load(Ordering::Relaxed)
     }
+
+    /// Bus resyncs (L1 cleared because messages may have been lost).
+    pub fn resyncs(&self) -> u64 {
+        self.resyncs.load(Ordering::Relaxed)
+    }
+
+    /// Invalidations received from other instances.
+    pub fn invalidations_received(&self) -> u64 {
+        self.invalidations_received.load(Ordering::Relaxed)
+    }
+
+    /// Loads run while holding the fleet-wide load lock.
+    pub fn lock_acquired(&self) -> u64 {
+        self.lock_acquired.load(Ordering::Relaxed)
+    }
+
+    /// Waits on another process's load lock: `(value appeared, timed out)`.
+    pub fn lock_waited(&self) -> (u64, u64) {
+        (self.lock_waited_found.load(Ordering::Relaxed), self.lock_waited_timeout.load(Ordering::Relaxed))
+    }
 }
 
 impl CacheObserver for CacheStats {
@@ -233,6 +306,21 @@ impl CacheObserver for CacheStats {
             }
             CacheEvent::Eviction { .. } => {
                 self.evictions.fetch_add(1, Ordering::Relaxed);
+            }
+            CacheEvent::Resync { .. } => {
+                self.resyncs.fetch_add(1, Ordering::Relaxed);
+            }
+            CacheEvent::InvalidationReceived { .. } => {
+                self.invalidations_received.fetch_add(1, Ordering::Relaxed);
+            }
+            CacheEvent::LockAcquired { .. } => {
+                self.lock_acquired.fetch_add(1, Ordering::Relaxed);
+            }
+            CacheEvent::LockWaited { found: true, .. } => {
+                self.lock_waited_found.fetch_add(1, Ordering::Relaxed);
+            }
+            CacheEvent::LockWaited { found: false, .. } => {
+                self.lock_waited_timeout.fetch_add(1, Ordering::Relaxed);
             }
             _ => {}
         }

@@ -70,8 +70,25 @@ pub trait Tier: Send + Sync + 'static {
     /// Deletes one entry (no error if absent).
     async fn delete(&self, key: &Key) -> Result<(), TierError>;
 
+    /// Deletes every entry of `cache`/`namespace` that carries `tag` (see
+    /// [`EntryMeta::tags`]); returns how many were removed when the backend knows.
+    ///
+    /// The default reports [`TierErrorKind::Unsupported`]: the cache then still hides such
+    /// entries (it remembers when each tag was invalidated and treats older entries carrying it
+    /// as misses), but the backend keeps the bytes until they expire.
+    async fn invalidate_tag(&self, cache: &str, namespace: &str, tag: &str) -> Result<u64, TierError> {
+        let _ = (cache, namespace, tag);
+        Err(TierError::new(self.name().to_owned(), TierErrorKind::Unsupported, "tag invalidation is not supported"))
+    }
+
     /// Reports health (a cheap round trip such as PING / `SELECT 1`).
     async fn health(&self) -> TierHealth;
+
+    /// The state of a circuit breaker in front of the backend, if there is one
+    /// ([`BreakerTier`](crate::breaker::BreakerTier) reports its own).
+    fn breaker_state(&self) -> Option<crate::breaker::BreakerState> {
+        None
+    }
 }
 
 /// An in-memory byte tier with fault injection, for unit tests and examples.
@@ -174,6 +191,16 @@ impl Tier for MemoryTier {
         self.check()?;
         self.map.lock().remove(key);
         Ok(())
+    }
+
+    async fn invalidate_tag(&self, cache: &str, namespace: &str, tag: &str) -> Result<u64, TierError> {
+        self.check()?;
+        let mut map = self.map.lock();
+        let before = map.len();
+        map.retain(|k, e| {
+            !(k.cache() == cache && k.namespace().as_str() == namespace && e.meta.tags.iter().any(|t| t == tag))
+        });
+        Ok((before - map.len()) as u64)
     }
 
     async fn health(&self) -> TierHealth {
