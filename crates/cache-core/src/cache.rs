@@ -725,6 +725,11 @@ where
         Ok(())
     }
 
+    /// Whether remote tiers see hashed key ids ([`CacheBuilder::key_id_hasher`]).
+    pub fn hashes_key_ids(&self) -> bool {
+        self.inner.key_hasher.is_some()
+    }
+
     /// The names of the codecs values pass through before remote tiers, in encoding order.
     pub fn codec_names(&self) -> Vec<&'static str> {
         self.inner.pipeline.codecs().iter().map(|c| c.name()).collect()

@@ -21,6 +21,15 @@ pub enum PiiViolation {
         /// Its codecs, in order.
         codecs: Vec<&'static str>,
     },
+    /// Remote tiers would store key ids in plaintext (build through [`PiiPolicy::build`], or
+    /// give the builder [`PiiPolicy::key_id_hasher`]).
+    #[error(
+        "cache `{cache}` holds PII but stores plaintext key ids in its remote tiers (use PiiPolicy::build or key_id_hasher)"
+    )]
+    PlaintextKeys {
+        /// The cache.
+        cache: String,
+    },
     /// Entries may live longer than allowed.
     #[error(
         "cache `{cache}` keeps entries up to {lifetime:?} (ttl + jitter + stale limit), over the PII limit of {max:?}"
@@ -44,7 +53,7 @@ impl From<PiiViolation> for CacheError {
 /// The rules for a cache holding personal data: values encrypted at rest (the pipeline includes
 /// [`AesGcmCodec`]), entries gone after at most `max_ttl` (fresh TTL + jitter + stale limit, and
 /// the negative TTL), and key ids hashed with `key_hash_secret` wherever they would be stored or
-/// logged ([`PiiPolicy::key_ids`]).
+/// logged ([`PiiPolicy::key_ids`]; [`PiiPolicy::build`] installs it as the key-id hasher).
 ///
 /// ```
 /// use std::sync::Arc;
@@ -96,6 +105,13 @@ impl PiiPolicy {
         &self.key_ids
     }
 
+    /// The keyed hash as the engine's key-id mapper: remote tiers (Redis key names, SQL rows)
+    /// and bus messages then carry `HMAC(secret, id)` instead of the id.
+    pub fn key_id_hasher(&self) -> strata_cache_core::KeyIdHasher {
+        let ids = self.key_ids.clone();
+        std::sync::Arc::new(move |id: &str| ids.hash_id(id))
+    }
+
     /// The key-hash secret (to configure adapters that hash ids themselves).
     pub fn key_hash_secret(&self) -> &[u8] {
         &self.key_hash_secret
@@ -117,6 +133,9 @@ impl PiiPolicy {
         if !codecs.contains(&AesGcmCodec::NAME) {
             return Err(PiiViolation::NotEncrypted { cache: cache.name().to_owned(), codecs });
         }
+        if !cache.tier_names().is_empty() && !cache.hashes_key_ids() {
+            return Err(PiiViolation::PlaintextKeys { cache: cache.name().to_owned() });
+        }
         let lifetime = Self::lifetime(cache.options());
         if lifetime > self.max_ttl {
             return Err(PiiViolation::TtlTooLong { cache: cache.name().to_owned(), lifetime, max: self.max_ttl });
@@ -131,7 +150,7 @@ impl PiiPolicy {
         K: CacheKey,
         V: Send + Sync + 'static,
     {
-        let cache = builder.build().await?;
+        let cache = builder.key_id_hasher(self.key_id_hasher()).build().await?;
         self.check(&cache)?;
         Ok(cache)
     }

@@ -170,7 +170,11 @@ async fn pii_policy_requires_encryption_and_bounded_lifetime() {
     assert!(policy.build(builder(true, 1800, 1800)).await.is_ok());
     let plain = builder(false, 60, 0).build().await.unwrap();
     assert!(matches!(policy.check(&plain), Err(PiiViolation::NotEncrypted { .. })));
-    let long = builder(true, 1800, 1801).build().await.unwrap();
+    let unhashed = builder(true, 60, 0).build().await.unwrap();
+    assert!(matches!(policy.check(&unhashed), Err(PiiViolation::PlaintextKeys { .. })));
+    let built = policy.build(builder(true, 60, 0)).await.unwrap();
+    assert!(built.hashes_key_ids(), "PiiPolicy::build installs the keyed key-id hash");
+    let long = builder(true, 1800, 1801).key_id_hasher(policy.key_id_hasher()).build().await.unwrap();
     match policy.check(&long) {
         Err(PiiViolation::TtlTooLong { lifetime, .. }) => assert_eq!(lifetime, Duration::from_secs(3601)),
         other => panic!("{other:?}"),
