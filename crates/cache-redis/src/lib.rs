@@ -1,13 +1,65 @@
 //! # strata-cache-redis
 //!
-//! L2 tier on Redis and Redis Cluster (deadpool-redis), Redis invalidation backplane, distributed stampede lock.
+//! Redis for Strata's multi-level cache, on a standalone server or a Redis Cluster, through a
+//! [deadpool-redis](https://docs.rs/deadpool-redis) pool.
 //!
-//! **Status: not implemented yet** — this crate is a placeholder in the workspace layout and
-//! exports nothing usable; the work is tracked in issue #3.
+//! ## Tour
+//! - [`RedisConfig`]: where Redis is (one URL or cluster node URLs), pool size, timeouts, key
+//!   prefix; validated into a typed [`ConfigError`](strata_cache_core::ConfigError).
+//! - [`RedisTier`]: the L2 [`Tier`](strata_cache_core::Tier): `GET`/`SET PX`/`DEL`, `MGET` and
+//!   pipelines per batch (per hash slot on a cluster), tag sets for tag invalidation, `PING`
+//!   health; [`RedisTier::with_breaker`] puts it behind the core's circuit breaker.
+//! - [`RedisBus`]: the [`InvalidationBus`](strata_cache_core::InvalidationBus) over pub/sub
+//!   (sharded on Redis 7 clusters), reconnecting and resyncing on its own.
+//! - [`RedisLock`]: the fleet-wide [`LoadLock`](strata_cache_core::LoadLock).
+//! - [`RedisChannelSource`]: raw payloads from a channel you name, for invalidations sent by
+//!   other systems.
+//! - [`keys`]: the key layout and hash-slot math.
+//!
+//! Every Redis failure becomes a [`TierError`](strata_cache_core::TierError) (or
+//! [`BusError`](strata_cache_core::BusError)) with the Redis error as its source; the cache
+//! skips a failing tier and keeps answering.
 //!
 //! ```
-//! assert_eq!(strata_cache_redis::STATUS, "planned");
+//! use std::sync::Arc;
+//! use std::time::Duration;
+//! use strata_cache_core::{Cache, CacheStats, FnLoader, Postcard, Tier};
+//! use strata_cache_redis::{RedisConfig, RedisTier};
+//!
+//! # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+//! // A port nobody listens on: the tier fails, the cache answers from its loader.
+//! let config = RedisConfig::standalone("redis://127.0.0.1:1").command_timeout(Duration::from_millis(200));
+//! let tier = RedisTier::new(&config)?;
+//! let stats = CacheStats::new();
+//! let cache: Cache<u64, String> = Cache::builder("users")
+//!     .tier(Arc::new(tier))
+//!     .serializer(Postcard)
+//!     .loader(FnLoader::new(|id: u64| async move { Ok(Some(format!("user-{id}"))) }))
+//!     .observer(stats.clone())
+//!     .build()
+//!     .await?;
+//! assert_eq!(cache.get_or_load(&7).await?.as_deref(), Some(&"user-7".to_string()));
+//! assert!(stats.tier_errors() >= 1);
+//!
+//! // Invalid settings are typed errors, never panics.
+//! let err = RedisTier::new(&RedisConfig::standalone("http://x")).unwrap_err();
+//! assert_eq!(err.field, "redis.url");
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! # }).unwrap();
 //! ```
 
-/// Implementation status of this crate.
-pub const STATUS: &str = "planned";
+pub mod bus;
+pub mod config;
+mod conn;
+pub mod keys;
+pub mod lock;
+pub mod tier;
+
+pub use bus::{BusStats, PubSubMode, RedisBus, RedisChannelSource};
+pub use config::{RedisConfig, Topology};
+/// The deadpool-redis crate this one is built on (its `redis` re-export included), so that
+/// callers can run raw commands on [`RedisTier::standalone_pool`] without depending on it.
+pub use deadpool_redis;
+pub use keys::KeySpace;
+pub use lock::RedisLock;
+pub use tier::RedisTier;

@@ -1,0 +1,315 @@
+//! [`RedisConfig`]: where Redis is and how to talk to it.
+
+use std::time::Duration;
+
+use deadpool_redis::redis::IntoConnectionInfo;
+use strata_cache_core::ConfigError;
+
+use crate::conn::Backend;
+use crate::keys::{DEFAULT_MAX_KEY_LEN, DEFAULT_PREFIX, KeySpace, hashtag};
+
+/// A standalone server or a cluster.
+#[derive(Clone, PartialEq, Eq)]
+pub enum Topology {
+    /// One server (`redis://host:port/db`).
+    Standalone(String),
+    /// A Redis Cluster, given by one or more of its nodes' URLs (the rest are discovered).
+    Cluster(Vec<String>),
+}
+
+/// Settings of the Redis tier, bus and lock. Build with [`RedisConfig::standalone`] or
+/// [`RedisConfig::cluster`] and the setters; [`RedisConfig::validate`] runs in every
+/// constructor that takes one.
+///
+/// ```
+/// use std::time::Duration;
+/// use strata_cache_redis::RedisConfig;
+///
+/// let config = RedisConfig::standalone("redis://127.0.0.1:6379")
+///     .pool_size(32)
+///     .command_timeout(Duration::from_millis(250))
+///     .prefix("myapp:");
+/// assert!(config.validate().is_ok());
+/// assert!(RedisConfig::standalone("http://nope").validate().is_err());
+/// assert!(RedisConfig::cluster(Vec::<String>::new()).validate().is_err());
+/// ```
+#[derive(Clone, PartialEq, Eq)]
+#[must_use]
+pub struct RedisConfig {
+    /// Where Redis is.
+    pub topology: Topology,
+    /// The largest number of pooled connections (multiplexed; a few go a long way). Default 16.
+    pub pool_size: usize,
+    /// How long opening a connection may take. Default 1 s.
+    pub connect_timeout: Duration,
+    /// How long one tier call (pool wait + round trip) may take. Default 500 ms.
+    pub command_timeout: Duration,
+    /// How long a call waits for a free pooled connection before failing as overloaded.
+    /// Default 250 ms.
+    pub pool_wait_timeout: Duration,
+    /// Prefix of every key and channel. Default `strata:`.
+    pub prefix: String,
+    /// Keys longer than this are shortened by hashing their id. Default 512 bytes.
+    pub max_key_len: usize,
+    /// The tier's name in errors, metrics and health. Default `redis`.
+    pub name: String,
+}
+
+impl std::fmt::Debug for RedisConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let topology = match &self.topology {
+            Topology::Standalone(u) => format!("Standalone({})", redact(u)),
+            Topology::Cluster(us) => format!("Cluster({:?})", us.iter().map(|u| redact(u)).collect::<Vec<_>>()),
+        };
+        f.debug_struct("RedisConfig")
+            .field("topology", &topology)
+            .field("pool_size", &self.pool_size)
+            .field("connect_timeout", &self.connect_timeout)
+            .field("command_timeout", &self.command_timeout)
+            .field("pool_wait_timeout", &self.pool_wait_timeout)
+            .field("prefix", &self.prefix)
+            .field("max_key_len", &self.max_key_len)
+            .field("name", &self.name)
+            .finish()
+    }
+}
+
+/// A URL without its credentials, for logs.
+pub(crate) fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(s), Some(at)) if at > s => format!("{}***{}", &url[..s + 3], &url[at..]),
+        _ => url.to_owned(),
+    }
+}
+
+/// The largest accepted prefix, in bytes.
+pub const MAX_PREFIX_LEN: usize = 128;
+
+impl RedisConfig {
+    /// A standalone server.
+    pub fn standalone(url: impl Into<String>) -> Self {
+        Self::with_topology(Topology::Standalone(url.into()))
+    }
+
+    /// A cluster, given by some of its nodes.
+    pub fn cluster<S: Into<String>>(urls: impl IntoIterator<Item = S>) -> Self {
+        Self::with_topology(Topology::Cluster(urls.into_iter().map(Into::into).collect()))
+    }
+
+    fn with_topology(topology: Topology) -> Self {
+        Self {
+            topology,
+            pool_size: 16,
+            connect_timeout: Duration::from_secs(1),
+            command_timeout: Duration::from_millis(500),
+            pool_wait_timeout: Duration::from_millis(250),
+            prefix: DEFAULT_PREFIX.to_owned(),
+            max_key_len: DEFAULT_MAX_KEY_LEN,
+            name: "redis".to_owned(),
+        }
+    }
+
+    /// Sets the pool size.
+    pub fn pool_size(mut self, n: usize) -> Self {
+        self.pool_size = n;
+        self
+    }
+
+    /// Sets the connect timeout.
+    pub fn connect_timeout(mut self, d: Duration) -> Self {
+        self.connect_timeout = d;
+        self
+    }
+
+    /// Sets the per-call timeout.
+    pub fn command_timeout(mut self, d: Duration) -> Self {
+        self.command_timeout = d;
+        self
+    }
+
+    /// Sets the pool wait timeout.
+    pub fn pool_wait_timeout(mut self, d: Duration) -> Self {
+        self.pool_wait_timeout = d;
+        self
+    }
+
+    /// Sets the key prefix.
+    pub fn prefix(mut self, prefix: impl Into<String>) -> Self {
+        self.prefix = prefix.into();
+        self
+    }
+
+    /// Sets the longest literal key.
+    pub fn max_key_len(mut self, n: usize) -> Self {
+        self.max_key_len = n;
+        self
+    }
+
+    /// Sets the tier's name.
+    pub fn name(mut self, name: impl Into<String>) -> Self {
+        self.name = name.into();
+        self
+    }
+
+    /// Whether this is a cluster.
+    pub fn is_cluster(&self) -> bool {
+        matches!(self.topology, Topology::Cluster(_))
+    }
+
+    /// The node URLs (one for a standalone server).
+    pub fn urls(&self) -> Vec<String> {
+        match &self.topology {
+            Topology::Standalone(u) => vec![u.clone()],
+            Topology::Cluster(us) => us.clone(),
+        }
+    }
+
+    /// Checks every setting; the error names the field and what to do.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let urls = match &self.topology {
+            Topology::Standalone(u) => vec![u.as_str()],
+            Topology::Cluster(us) => {
+                if us.is_empty() {
+                    return Err(ConfigError::new("redis.urls", "a cluster needs at least one node URL"));
+                }
+                us.iter().map(String::as_str).collect()
+            }
+        };
+        for u in urls {
+            check_url(u)?;
+        }
+        if self.pool_size == 0 || self.pool_size > 1024 {
+            return Err(ConfigError::new("redis.pool_size", format!("must be in 1..=1024, got {}", self.pool_size)));
+        }
+        for (field, d) in [
+            ("redis.connect_timeout", self.connect_timeout),
+            ("redis.command_timeout", self.command_timeout),
+            ("redis.pool_wait_timeout", self.pool_wait_timeout),
+        ] {
+            if d.is_zero() {
+                return Err(ConfigError::new(field, "must be greater than zero"));
+            }
+        }
+        if self.prefix.len() > MAX_PREFIX_LEN {
+            return Err(ConfigError::new(
+                "redis.prefix",
+                format!("must be at most {MAX_PREFIX_LEN} bytes, got {}", self.prefix.len()),
+            ));
+        }
+        if let Some(c) = self.prefix.chars().find(|c| c.is_whitespace() || c.is_control()) {
+            return Err(ConfigError::new(
+                "redis.prefix",
+                format!("must not contain whitespace or control characters ({c:?})"),
+            ));
+        }
+        if self.prefix.contains('{') && hashtag(self.prefix.as_bytes()).is_none() {
+            return Err(ConfigError::new(
+                "redis.prefix",
+                "a `{` in the prefix must open a complete, non-empty hashtag such as `{app}:`",
+            ));
+        }
+        if self.max_key_len < 128 {
+            return Err(ConfigError::new(
+                "redis.max_key_len",
+                format!("must be at least 128, got {}", self.max_key_len),
+            ));
+        }
+        if self.name.is_empty() || self.name.len() > 64 {
+            return Err(ConfigError::new("redis.name", "must be 1..=64 bytes"));
+        }
+        Ok(())
+    }
+
+    pub(crate) fn key_space(&self) -> KeySpace {
+        KeySpace::new(&self.prefix, self.max_key_len)
+    }
+
+    /// Builds the connection pool (connections open lazily, on first use).
+    pub(crate) fn backend(&self) -> Result<Backend, ConfigError> {
+        use deadpool_redis::{PoolConfig, Runtime, Timeouts};
+        self.validate()?;
+        let pool_config = PoolConfig {
+            max_size: self.pool_size,
+            timeouts: Timeouts {
+                wait: Some(self.pool_wait_timeout),
+                create: Some(self.connect_timeout),
+                recycle: Some(self.command_timeout),
+            },
+            ..PoolConfig::default()
+        };
+        let build_err = |e: &dyn std::fmt::Display| ConfigError::new("redis", format!("cannot build the pool: {e}"));
+        match &self.topology {
+            Topology::Standalone(url) => {
+                let conn_config = deadpool_redis::redis::AsyncConnectionConfig::new()
+                    .set_connection_timeout(Some(self.connect_timeout))
+                    .set_response_timeout(Some(self.command_timeout));
+                let manager =
+                    deadpool_redis::Manager::new_with_config(url.as_str(), conn_config).map_err(|e| build_err(&e))?;
+                let pool = deadpool_redis::Pool::builder(manager)
+                    .config(pool_config)
+                    .runtime(Runtime::Tokio1)
+                    .build()
+                    .map_err(|e| build_err(&e))?;
+                Ok(Backend::Standalone(pool))
+            }
+            Topology::Cluster(urls) => {
+                let manager = deadpool_redis::cluster::Manager::new(urls.clone(), false).map_err(|e| build_err(&e))?;
+                let pool = deadpool_redis::cluster::Pool::builder(manager)
+                    .config(pool_config)
+                    .runtime(Runtime::Tokio1)
+                    .build()
+                    .map_err(|e| build_err(&e))?;
+                Ok(Backend::Cluster(pool))
+            }
+        }
+    }
+}
+
+fn check_url(url: &str) -> Result<(), ConfigError> {
+    let shown = redact(url);
+    if !(url.starts_with("redis://") || url.starts_with("redis+unix://") || url.starts_with("unix://")) {
+        let hint = if url.starts_with("rediss://") {
+            "TLS (rediss://) is not enabled in this build"
+        } else {
+            "expected redis://host:port[/db] (or redis+unix:///path)"
+        };
+        return Err(ConfigError::new("redis.url", format!("`{shown}`: {hint}")));
+    }
+    url.into_connection_info().map_err(|e| ConfigError::new("redis.url", format!("`{shown}`: {e}")))?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn invalid_settings_are_typed_errors() {
+        let ok = RedisConfig::standalone("redis://127.0.0.1:6379");
+        assert!(ok.validate().is_ok());
+        let cases = [
+            (ok.clone().pool_size(0), "redis.pool_size"),
+            (ok.clone().command_timeout(Duration::ZERO), "redis.command_timeout"),
+            (ok.clone().prefix("a b"), "redis.prefix"),
+            (ok.clone().prefix("x".repeat(200)), "redis.prefix"),
+            (ok.clone().prefix("{open:"), "redis.prefix"),
+            (ok.clone().max_key_len(10), "redis.max_key_len"),
+            (RedisConfig::standalone("rediss://h:1"), "redis.url"),
+            (RedisConfig::standalone("redis://:notaport:x"), "redis.url"),
+            (RedisConfig::cluster(Vec::<String>::new()), "redis.urls"),
+        ];
+        for (cfg, field) in cases {
+            let e = cfg.validate().expect_err(field);
+            assert_eq!(e.field, field, "{e}");
+        }
+        assert!(ok.clone().prefix("{app}:").validate().is_ok());
+    }
+
+    #[test]
+    fn debug_redacts_credentials() {
+        let c = RedisConfig::standalone("redis://user:s3cret@host:6379/0");
+        let s = format!("{c:?}");
+        assert!(!s.contains("s3cret"), "{s}");
+        assert!(s.contains("host:6379"), "{s}");
+    }
+}

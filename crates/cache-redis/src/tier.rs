@@ -1,0 +1,398 @@
+//! [`RedisTier`]: the L2 [`Tier`] on Redis or Redis Cluster.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use deadpool_redis::redis::{self, Value};
+use futures::future::try_join_all;
+use strata_cache_core::{
+    BreakerConfig, BreakerTier, Clock, ConfigError, Key, StoredEntry, SystemClock, Tier, TierError, TierErrorKind,
+    TierHealth, Timestamp,
+};
+
+use crate::config::RedisConfig;
+use crate::conn::{Backend, Conn, redis_error, with_timeout};
+use crate::keys::{KeySpace, group_by_slot};
+
+/// The largest value Redis accepts (512 MiB).
+pub const MAX_REDIS_VALUE: usize = 512 * 1024 * 1024;
+
+/// A tag set outlives the entries it lists by this much.
+const TAG_SET_SLACK: Duration = Duration::from_secs(1);
+
+/// Adds a member to a tag set and makes the set live at least `ARGV[2]` ms (0: forever).
+const TAG_ADD_SCRIPT: &str = r"
+local existed = redis.call('EXISTS', KEYS[1])
+redis.call('SADD', KEYS[1], ARGV[1])
+local ttl = tonumber(ARGV[2])
+if ttl <= 0 then
+  redis.call('PERSIST', KEYS[1])
+  return 1
+end
+local cur = redis.call('PTTL', KEYS[1])
+if existed == 0 or (cur >= 0 and cur < ttl) then
+  redis.call('PEXPIRE', KEYS[1], ttl)
+end
+return 1
+";
+
+/// How many keys one `DEL` of a tag invalidation carries.
+const DEL_CHUNK: usize = 512;
+
+/// The L2 tier on Redis (standalone or cluster), through a deadpool-redis pool.
+///
+/// - `get`/`set`/`delete`: `GET`, `SET .. PX <remaining ms>` (no `PX` for entries that never
+///   expire; an entry already expired is not written and the old one is deleted), `DEL`.
+/// - `get_many`/`set_many`: one `MGET` / one pipeline per batch on a standalone server; on a
+///   cluster one per hash slot, sent concurrently.
+/// - Tags: `set` adds the entry's Redis key to one set per tag (which lives at least as long as
+///   the entry); [`Tier::invalidate_tag`] deletes the listed entries.
+/// - Every call is bounded by [`RedisConfig::command_timeout`]; every failure is a
+///   [`TierError`] (connection refused → `Unavailable`, timeouts → `Timeout`, pool exhausted →
+///   `Overloaded`, `MOVED`/`CLUSTERDOWN` → `Unavailable`) with the Redis error as its source.
+///
+/// Cheap to clone; clones share the pool.
+#[derive(Clone)]
+pub struct RedisTier {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    name: Arc<str>,
+    backend: Backend,
+    keys: KeySpace,
+    timeout: Duration,
+    clock: Arc<dyn Clock>,
+}
+
+impl std::fmt::Debug for RedisTier {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisTier")
+            .field("name", &self.inner.name)
+            .field("backend", &self.inner.backend)
+            .field("prefix", &self.inner.keys.prefix())
+            .finish()
+    }
+}
+
+impl RedisTier {
+    /// A tier for `config` (validated). Connections open lazily: an unreachable server is
+    /// reported by the calls (and [`Tier::health`]), not here.
+    pub fn new(config: &RedisConfig) -> Result<Self, ConfigError> {
+        let backend = config.backend()?;
+        Ok(Self {
+            inner: Arc::new(Inner {
+                name: Arc::from(config.name.as_str()),
+                backend,
+                keys: config.key_space(),
+                timeout: config.command_timeout,
+                clock: Arc::new(SystemClock),
+            }),
+        })
+    }
+
+    /// Uses `clock` to turn expiry timestamps into `PX` durations (default: the system clock;
+    /// use the cache's clock when it has its own).
+    #[must_use]
+    pub fn with_clock(self, clock: Arc<dyn Clock>) -> Self {
+        let i = &self.inner;
+        Self {
+            inner: Arc::new(Inner {
+                name: i.name.clone(),
+                backend: i.backend.clone(),
+                keys: i.keys.clone(),
+                timeout: i.timeout,
+                clock,
+            }),
+        }
+    }
+
+    /// Wraps the tier in the core's circuit breaker.
+    pub fn with_breaker(self, config: BreakerConfig) -> Result<BreakerTier<RedisTier>, ConfigError> {
+        BreakerTier::new(self, config)
+    }
+
+    /// The key layout.
+    pub fn key_space(&self) -> &KeySpace {
+        &self.inner.keys
+    }
+
+    /// The Redis key an entry is stored under.
+    pub fn redis_key(&self, key: &Key) -> String {
+        self.inner.keys.entry(key.cache(), key.namespace().as_str(), key.id())
+    }
+
+    /// The standalone pool (for raw commands beside the tier, e.g. benchmarks); `None` on a
+    /// cluster.
+    pub fn standalone_pool(&self) -> Option<&deadpool_redis::Pool> {
+        match &self.inner.backend {
+            Backend::Standalone(p) => Some(p),
+            Backend::Cluster(_) => None,
+        }
+    }
+
+    /// The cluster pool; `None` on a standalone server.
+    pub fn cluster_pool(&self) -> Option<&deadpool_redis::cluster::Pool> {
+        match &self.inner.backend {
+            Backend::Cluster(p) => Some(p),
+            Backend::Standalone(_) => None,
+        }
+    }
+
+    /// Whether the tier talks to a cluster.
+    pub fn is_cluster(&self) -> bool {
+        self.inner.backend.is_cluster()
+    }
+
+    fn err(&self, kind: TierErrorKind, message: impl Into<String>) -> TierError {
+        TierError::new(self.inner.name.clone(), kind, message)
+    }
+
+    async fn conn(&self) -> Result<Conn, TierError> {
+        self.inner.backend.get(&self.inner.name).await
+    }
+
+    async fn query<T: redis::FromRedisValue>(&self, cmd: redis::Cmd, what: &'static str) -> Result<T, TierError> {
+        let name = &self.inner.name;
+        with_timeout(name, self.inner.timeout, what, async {
+            let mut c = self.conn().await?;
+            cmd.query_async::<T>(&mut c).await.map_err(|e| redis_error(name, e))
+        })
+        .await
+    }
+
+    /// Runs commands, each routed by its key: one pipeline on a standalone server, one per hash
+    /// slot (concurrently) on a cluster. Returns the replies in input order.
+    async fn run(&self, cmds: Vec<(String, redis::Cmd)>, what: &'static str) -> Result<Vec<Value>, TierError> {
+        if cmds.is_empty() {
+            return Ok(Vec::new());
+        }
+        let name = &self.inner.name;
+        with_timeout(name, self.inner.timeout, what, async {
+            let conn = self.conn().await?;
+            match conn {
+                Conn::Standalone(mut c) => {
+                    let mut p = redis::pipe();
+                    for (_, cmd) in &cmds {
+                        p.add_command(cmd.clone());
+                    }
+                    p.query_async::<Vec<Value>>(&mut *c).await.map_err(|e| redis_error(name, e))
+                }
+                Conn::Cluster(c) => {
+                    let groups = group_by_slot(&cmds.iter().map(|(k, _)| k.as_bytes()).collect::<Vec<_>>());
+                    let base: redis::cluster_async::ClusterConnection = (*c).clone();
+                    let calls = groups.iter().map(|(_, idx)| {
+                        let mut conn = base.clone();
+                        let mut p = redis::pipe();
+                        for &i in idx {
+                            p.add_command(cmds[i].1.clone());
+                        }
+                        async move { p.query_async::<Vec<Value>>(&mut conn).await.map_err(|e| redis_error(name, e)) }
+                    });
+                    let replies = try_join_all(calls).await?;
+                    let mut out = vec![Value::Nil; cmds.len()];
+                    for ((_, idx), vals) in groups.iter().zip(replies) {
+                        if vals.len() != idx.len() {
+                            return Err(self.err(TierErrorKind::Protocol, "pipeline reply count mismatch"));
+                        }
+                        for (&i, v) in idx.iter().zip(vals) {
+                            out[i] = v;
+                        }
+                    }
+                    Ok(out)
+                }
+            }
+        })
+        .await
+    }
+
+    /// The commands that store one entry (and index its tags).
+    fn set_cmds(
+        &self,
+        key: &Key,
+        entry: &StoredEntry,
+        now: Timestamp,
+        out: &mut Vec<(String, redis::Cmd)>,
+    ) -> Result<(), TierError> {
+        if entry.frame.len() > MAX_REDIS_VALUE {
+            return Err(self.err(
+                TierErrorKind::InvalidRequest,
+                format!("value of {} bytes exceeds Redis's limit of {MAX_REDIS_VALUE}", entry.frame.len()),
+            ));
+        }
+        let rkey = self.redis_key(key);
+        let expires = entry.meta.expires_at;
+        let ttl_ms = if expires == Timestamp::MAX {
+            None
+        } else if expires <= now {
+            // Already expired: not written; whatever older value is there is removed.
+            out.push((rkey.clone(), redis::cmd("DEL").arg(&rkey).take()));
+            return Ok(());
+        } else {
+            Some(expires.saturating_since(now).as_millis().max(1) as u64)
+        };
+        let mut set = redis::cmd("SET");
+        set.arg(&rkey).arg(entry.frame.as_ref());
+        if let Some(ms) = ttl_ms {
+            set.arg("PX").arg(ms);
+        }
+        out.push((rkey.clone(), set));
+        let set_ttl = ttl_ms.map_or(0, |ms| ms + TAG_SET_SLACK.as_millis() as u64);
+        for tag in entry.meta.tags.iter() {
+            let tkey = self.inner.keys.tag_set(key.cache(), key.namespace().as_str(), tag);
+            let cmd = redis::cmd("EVAL").arg(TAG_ADD_SCRIPT).arg(1).arg(&tkey).arg(&rkey).arg(set_ttl).take();
+            out.push((tkey, cmd));
+        }
+        Ok(())
+    }
+
+    fn check_replies(&self, replies: &[Value]) -> Result<(), TierError> {
+        match replies.iter().find_map(|v| match v {
+            Value::ServerError(e) => Some(e.clone()),
+            _ => None,
+        }) {
+            Some(e) => Err(redis_error(&self.inner.name, e.into())),
+            None => Ok(()),
+        }
+    }
+}
+
+fn to_bytes(v: Value) -> Result<Option<Bytes>, &'static str> {
+    match v {
+        Value::Nil => Ok(None),
+        Value::BulkString(b) => Ok(Some(Bytes::from(b))),
+        Value::SimpleString(s) => Ok(Some(Bytes::from(s.into_bytes()))),
+        _ => Err("expected a string or nil"),
+    }
+}
+
+#[async_trait]
+impl Tier for RedisTier {
+    fn name(&self) -> &str {
+        &self.inner.name
+    }
+
+    async fn get(&self, key: &Key) -> Result<Option<Bytes>, TierError> {
+        let v: Value = self.query(redis::cmd("GET").arg(self.redis_key(key)).take(), "GET").await?;
+        to_bytes(v).map_err(|m| self.err(TierErrorKind::Protocol, m))
+    }
+
+    async fn get_many(&self, keys: &[Key]) -> Result<Vec<Option<Bytes>>, TierError> {
+        if keys.is_empty() {
+            return Ok(Vec::new());
+        }
+        let rkeys: Vec<String> = keys.iter().map(|k| self.redis_key(k)).collect();
+        let name = &self.inner.name;
+        let values: Vec<Value> = with_timeout(name, self.inner.timeout, "MGET", async {
+            match self.conn().await? {
+                Conn::Standalone(mut c) => redis::cmd("MGET")
+                    .arg(&rkeys)
+                    .query_async::<Vec<Value>>(&mut *c)
+                    .await
+                    .map_err(|e| redis_error(name, e)),
+                Conn::Cluster(c) => {
+                    let groups = group_by_slot(&rkeys);
+                    let base: redis::cluster_async::ClusterConnection = (*c).clone();
+                    let calls = groups.iter().map(|(_, idx)| {
+                        let mut conn = base.clone();
+                        let mut cmd = redis::cmd("MGET");
+                        for &i in idx {
+                            cmd.arg(&rkeys[i]);
+                        }
+                        async move { cmd.query_async::<Vec<Value>>(&mut conn).await.map_err(|e| redis_error(name, e)) }
+                    });
+                    let replies = try_join_all(calls).await?;
+                    let mut out = vec![Value::Nil; rkeys.len()];
+                    for ((_, idx), vals) in groups.iter().zip(replies) {
+                        if vals.len() != idx.len() {
+                            return Err(self.err(TierErrorKind::Protocol, "MGET reply count mismatch"));
+                        }
+                        for (&i, v) in idx.iter().zip(vals) {
+                            out[i] = v;
+                        }
+                    }
+                    Ok(out)
+                }
+            }
+        })
+        .await?;
+        if values.len() != keys.len() {
+            return Err(self.err(TierErrorKind::Protocol, "MGET reply count mismatch"));
+        }
+        values.into_iter().map(|v| to_bytes(v).map_err(|m| self.err(TierErrorKind::Protocol, m))).collect()
+    }
+
+    async fn set(&self, key: &Key, entry: &StoredEntry) -> Result<(), TierError> {
+        let mut cmds = Vec::with_capacity(1 + entry.meta.tags.len());
+        self.set_cmds(key, entry, self.inner.clock.now(), &mut cmds)?;
+        if cmds.len() == 1 {
+            let (_, cmd) = cmds.pop().expect("one command");
+            let _: Value = self.query(cmd, "SET").await?;
+            return Ok(());
+        }
+        let replies = self.run(cmds, "SET").await?;
+        self.check_replies(&replies)
+    }
+
+    async fn set_many(&self, entries: &[(Key, StoredEntry)]) -> Result<(), TierError> {
+        let now = self.inner.clock.now();
+        let mut cmds = Vec::with_capacity(entries.len());
+        for (k, e) in entries {
+            self.set_cmds(k, e, now, &mut cmds)?;
+        }
+        let replies = self.run(cmds, "SET pipeline").await?;
+        self.check_replies(&replies)
+    }
+
+    async fn delete(&self, key: &Key) -> Result<(), TierError> {
+        let _: i64 = self.query(redis::cmd("DEL").arg(self.redis_key(key)).take(), "DEL").await?;
+        Ok(())
+    }
+
+    async fn invalidate_tag(&self, cache: &str, namespace: &str, tag: &str) -> Result<u64, TierError> {
+        let tkey = self.inner.keys.tag_set(cache, namespace, tag);
+        let members: Vec<Vec<u8>> = self.query(redis::cmd("SMEMBERS").arg(&tkey).take(), "SMEMBERS").await?;
+        if members.is_empty() {
+            return Ok(0);
+        }
+        let mut cmds = Vec::new();
+        let groups = if self.is_cluster() { group_by_slot(&members) } else { vec![(0, (0..members.len()).collect())] };
+        for (_, idx) in groups {
+            for chunk in idx.chunks(DEL_CHUNK) {
+                let mut del = redis::cmd("DEL");
+                for &i in chunk {
+                    del.arg(&members[i]);
+                }
+                let route = String::from_utf8_lossy(&members[chunk[0]]).into_owned();
+                cmds.push((route, del));
+            }
+        }
+        // Remove only the members read (entries tagged meanwhile stay listed).
+        for chunk in members.chunks(DEL_CHUNK) {
+            cmds.push((tkey.clone(), redis::cmd("SREM").arg(&tkey).arg(chunk).take()));
+        }
+        let n_del = cmds.len() - members.len().div_ceil(DEL_CHUNK);
+        let replies = self.run(cmds, "tag invalidation").await?;
+        self.check_replies(&replies)?;
+        let mut deleted = 0u64;
+        for v in &replies[..n_del] {
+            if let Value::Int(n) = v {
+                deleted += u64::try_from(*n).unwrap_or(0);
+            }
+        }
+        Ok(deleted)
+    }
+
+    async fn health(&self) -> TierHealth {
+        let started = std::time::Instant::now();
+        match self.query::<String>(redis::cmd("PING"), "PING").await {
+            Ok(_) if started.elapsed() > self.inner.timeout / 2 => {
+                TierHealth::Degraded(format!("PING took {} ms", started.elapsed().as_millis()))
+            }
+            Ok(_) => TierHealth::Healthy,
+            Err(e) => TierHealth::Unhealthy(e.to_string()),
+        }
+    }
+}

@@ -1,0 +1,232 @@
+//! The Redis backplane against real Redis: two caches, resync after a killed subscriber
+//! connection, undecodable messages, two OS processes, the raw channel source, a cluster.
+#![allow(clippy::unwrap_used)]
+
+mod support;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use futures::StreamExt;
+use strata_cache_core::{Cache, CacheStats, Clock, EntryOptions, FnLoader, Namespace, Postcard, SystemClock};
+use strata_cache_redis::deadpool_redis::redis;
+use strata_cache_redis::{PubSubMode, RedisBus, RedisChannelSource, RedisConfig, RedisTier};
+
+/// A cache with its own L1 and bus; the loader reads the "source of truth" key `src:<id>`.
+async fn cache(config: &RedisConfig, src_url: &str, stats: Arc<CacheStats>) -> (Cache<u64, String>, RedisBus) {
+    let bus = RedisBus::new(config).unwrap();
+    let client = redis::Client::open(src_url).unwrap();
+    let prefix = config.prefix.clone();
+    let cache = Cache::builder("users")
+        .tier(Arc::new(RedisTier::new(config).unwrap()))
+        .serializer(Postcard)
+        .options(EntryOptions::new(Duration::from_secs(60)))
+        .loader(FnLoader::new(move |id: u64| {
+            let client = client.clone();
+            let prefix = prefix.clone();
+            async move {
+                let mut c = client.get_multiplexed_async_connection().await?;
+                let v: Option<String> = redis::cmd("GET").arg(format!("{prefix}src:{id}")).query_async(&mut c).await?;
+                Ok(v)
+            }
+        }))
+        .bus(Arc::new(bus.clone()))
+        .observer(stats)
+        .build()
+        .await
+        .unwrap();
+    (cache, bus)
+}
+
+fn l1_value(c: &Cache<u64, String>, id: u64) -> Option<String> {
+    let e = c.l1().unwrap().get(&Namespace::default_namespace(), &id, SystemClock.now())?;
+    e.value.as_deref().cloned()
+}
+
+async fn poll_until(deadline: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let end = Instant::now() + deadline;
+    while Instant::now() < end {
+        if f() {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    f()
+}
+
+async fn raw(url: &str) -> redis::aio::MultiplexedConnection {
+    redis::Client::open(url).unwrap().get_multiplexed_async_connection().await.unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_caches_invalidate_each_other_and_resync_after_kill() {
+    let Some(server) = support::Server::start(0, false) else { return };
+    let url = server.url();
+    let config = RedisConfig::standalone(&url).prefix(support::unique_prefix("bus"));
+    let mut conn = raw(&url).await;
+    let _: () =
+        redis::cmd("SET").arg(format!("{}src:1", config.prefix)).arg("v1").query_async(&mut conn).await.unwrap();
+    let (sa, sb) = (CacheStats::new(), CacheStats::new());
+    let (a, bus_a) = cache(&config, &url, sa.clone()).await;
+    let (b, bus_b) = cache(&config, &url, sb.clone()).await;
+
+    assert_eq!(b.get_or_load(&1).await.unwrap().as_deref(), Some(&"v1".to_owned()));
+    assert_eq!(l1_value(&b, 1).as_deref(), Some("v1"));
+
+    // A write on A drops B's L1 copy within 100 ms; A keeps its own (own message ignored).
+    let t = Instant::now();
+    a.set(1, "v2".into()).await.unwrap();
+    assert!(
+        poll_until(Duration::from_millis(100), || l1_value(&b, 1).is_none()).await,
+        "B still has v1 after {:?}",
+        t.elapsed()
+    );
+    assert_eq!(b.get(&1).await.unwrap().as_deref(), Some(&"v2".to_owned()), "B reads the new value from Redis");
+    assert!(poll_until(Duration::from_secs(1), || bus_a.stats().received() >= 1).await, "A received its own message");
+    assert_eq!(l1_value(&a, 1).as_deref(), Some("v2"), "A ignored its own invalidation");
+    assert_eq!(sa.invalidations_received(), 0);
+    assert_eq!(sb.invalidations_received(), 1);
+
+    // An undecodable message is counted and skipped.
+    let _: i64 =
+        redis::cmd("PUBLISH").arg(bus_b.channel()).arg(b"\x07garbage".as_slice()).query_async(&mut conn).await.unwrap();
+    assert!(poll_until(Duration::from_secs(1), || bus_b.stats().undecodable() >= 1).await);
+
+    // Kill every pub/sub connection: B reconnects, counts a resync, clears its L1.
+    for i in 10..20 {
+        b.set(i, format!("x{i}")).await.unwrap();
+    }
+    assert!(b.l1().unwrap().len() >= 10);
+    let resyncs_before = bus_b.stats().resyncs();
+    let killed: i64 = redis::cmd("CLIENT").arg("KILL").arg("TYPE").arg("pubsub").query_async(&mut conn).await.unwrap();
+    assert!(killed >= 2, "killed {killed}");
+    assert!(
+        poll_until(Duration::from_secs(3), || bus_b.stats().resyncs() > resyncs_before).await,
+        "no resync after the kill"
+    );
+    assert!(poll_until(Duration::from_secs(1), || b.l1().unwrap().is_empty()).await, "B's L1 cleared on resync");
+    assert!(sb.resyncs() >= 1);
+
+    // Later invalidations still arrive.
+    assert_eq!(b.get_or_load(&1).await.unwrap().as_deref(), Some(&"v2".to_owned()));
+    assert!(poll_until(Duration::from_secs(2), || bus_a.stats().resyncs() >= 1).await, "A re-subscribed too");
+    a.set(1, "v3".into()).await.unwrap();
+    assert!(poll_until(Duration::from_millis(100), || l1_value(&b, 1).is_none()).await, "invalidation after resync");
+    assert_eq!(b.get(&1).await.unwrap().as_deref(), Some(&"v3".to_owned()));
+}
+
+const CHILD_ENV_URL: &str = "STRATA_BUS_CHILD_URL";
+const CHILD_ENV_PREFIX: &str = "STRATA_BUS_CHILD_PREFIX";
+
+/// The second process of `two_processes_share_invalidations` (run only by re-execution).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "child process of two_processes_share_invalidations"]
+async fn child_bus_process() {
+    if !support::is_child() {
+        return;
+    }
+    let url = std::env::var(CHILD_ENV_URL).unwrap();
+    let config = RedisConfig::standalone(&url).prefix(std::env::var(CHILD_ENV_PREFIX).unwrap());
+    let (b, _bus) = cache(&config, &url, CacheStats::new()).await;
+    assert_eq!(b.get_or_load(&1).await.unwrap().as_deref(), Some(&"v1".to_owned()));
+    println!("READY");
+    assert!(poll_until(Duration::from_secs(10), || l1_value(&b, 1).is_none()).await, "never invalidated");
+    let seen_ms = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_millis();
+    assert_eq!(b.get(&1).await.unwrap().as_deref(), Some(&"v2".to_owned()));
+    println!("SEEN {seen_ms}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_processes_share_invalidations() {
+    let Some(redis) = support::standalone() else { return };
+    let config = RedisConfig::standalone(&redis.url).prefix(support::unique_prefix("proc"));
+    let mut conn = raw(&redis.url).await;
+    let _: () =
+        redis::cmd("SET").arg(format!("{}src:1", config.prefix)).arg("v1").query_async(&mut conn).await.unwrap();
+    let (a, _bus) = cache(&config, &redis.url, CacheStats::new()).await;
+    let mut child = support::spawn_child(
+        "child_bus_process",
+        &[(CHILD_ENV_URL, redis.url.clone()), (CHILD_ENV_PREFIX, config.prefix.clone())],
+    );
+    let mut lines = support::ChildLines::new(&mut child);
+    lines.wait("READY", Duration::from_secs(30));
+    a.set(1, "v2".into()).await.unwrap();
+    let set_ms = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_millis();
+    let seen_ms: u128 = lines.wait("SEEN", Duration::from_secs(30)).parse().unwrap();
+    let status = child.wait().unwrap();
+    assert!(status.success(), "child failed");
+    assert!(
+        seen_ms <= set_ms + 100,
+        "other process saw the invalidation {} ms after the write",
+        seen_ms.saturating_sub(set_ms)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn channel_source_yields_raw_payloads() {
+    let Some(redis) = support::standalone() else { return };
+    let config = RedisConfig::standalone(&redis.url);
+    let channel = format!("{}events", support::unique_prefix("chan"));
+    let mut source = RedisChannelSource::subscribe(&config, &channel, PubSubMode::Classic).await.unwrap();
+    let mut conn = raw(&redis.url).await;
+    for p in [b"users:42".as_slice(), b"\xff\x00binary"] {
+        let n: i64 = redis::cmd("PUBLISH").arg(&channel).arg(p).query_async(&mut conn).await.unwrap();
+        assert_eq!(n, 1);
+    }
+    let got = tokio::time::timeout(Duration::from_secs(2), source.next()).await.unwrap().unwrap();
+    assert_eq!(got, b"users:42");
+    let stats = source.stats().clone();
+    let mut stream = Box::pin(source.into_stream());
+    let got = tokio::time::timeout(Duration::from_secs(2), stream.next()).await.unwrap().unwrap();
+    assert_eq!(got, b"\xff\x00binary");
+    assert_eq!(stats.received(), 2);
+    assert!(RedisChannelSource::subscribe(&config, "x", PubSubMode::Sharded).await.is_err(), "sharded needs a cluster");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_backplane_uses_sharded_pubsub_and_resyncs() {
+    let Some(cluster) = support::cluster() else { return };
+    let src = cluster.urls[0].clone();
+    let config = RedisConfig::cluster(cluster.urls.clone()).prefix(support::unique_prefix("cbus"));
+    let cc = redis::cluster::ClusterClient::new(cluster.urls.clone()).unwrap();
+    let mut conn = cc.get_async_connection().await.unwrap();
+    // The source key is read with a standalone client: keep it on whichever node owns it.
+    let src_key = format!("{}src:1", config.prefix);
+    let _: () = redis::cmd("SET").arg(&src_key).arg("v1").query_async(&mut conn).await.unwrap();
+    let (sa, sb) = (CacheStats::new(), CacheStats::new());
+    let (a, bus_a) = cluster_cache(&config, sa.clone()).await;
+    let (b, bus_b) = cluster_cache(&config, sb.clone()).await;
+    let _ = src;
+    assert!(bus_a.is_sharded().await, "Redis 7 cluster → sharded pub/sub");
+    assert_eq!(b.get_or_load(&1).await.unwrap().as_deref(), Some(&"v1".to_owned()));
+    a.set(1, "v2".into()).await.unwrap();
+    assert!(poll_until(Duration::from_millis(100), || l1_value(&b, 1).is_none()).await, "sharded invalidation");
+    assert_eq!(b.get(&1).await.unwrap().as_deref(), Some(&"v2".to_owned()));
+
+    let before = bus_b.stats().resyncs();
+    for s in &cluster.urls {
+        let mut c = raw(s).await;
+        let _: i64 = redis::cmd("CLIENT").arg("KILL").arg("TYPE").arg("pubsub").query_async(&mut c).await.unwrap();
+    }
+    assert!(poll_until(Duration::from_secs(5), || bus_b.stats().resyncs() > before).await, "cluster resync");
+    assert!(poll_until(Duration::from_secs(5), || bus_a.stats().resyncs() > 0).await);
+    assert_eq!(b.get_or_load(&1).await.unwrap().as_deref(), Some(&"v2".to_owned()));
+    // Let both subscribers settle on their new connections, then check delivery again.
+    a.set(1, "v3".into()).await.unwrap();
+    assert!(poll_until(Duration::from_secs(1), || l1_value(&b, 1).is_none()).await, "invalidation after resync");
+}
+
+async fn cluster_cache(config: &RedisConfig, stats: Arc<CacheStats>) -> (Cache<u64, String>, RedisBus) {
+    let bus = RedisBus::new(config).unwrap();
+    let cache = Cache::builder("users")
+        .tier(Arc::new(RedisTier::new(config).unwrap()))
+        .serializer(Postcard)
+        .options(EntryOptions::new(Duration::from_secs(60)))
+        .loader(FnLoader::new(|_id: u64| async move { Ok(Some("v1".to_owned())) }))
+        .bus(Arc::new(bus.clone()))
+        .observer(stats)
+        .build()
+        .await
+        .unwrap();
+    (cache, bus)
+}
