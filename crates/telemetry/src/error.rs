@@ -1,0 +1,26 @@
+//! The crate's error type.
+
+/// What can go wrong while setting up telemetry.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum TelemetryError {
+    /// A metric family could not be created or registered.
+    #[error("metrics: {0}")]
+    Metrics(String),
+    /// The tracing pipeline could not be built or installed (e.g. a global subscriber is
+    /// already set).
+    #[error("tracing setup: {0}")]
+    Tracing(String),
+    /// The configuration is invalid.
+    #[error("invalid telemetry configuration: {0}")]
+    Config(String),
+    /// The admin server could not bind or serve.
+    #[error("admin server: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+impl From<prometheus::Error> for TelemetryError {
+    fn from(e: prometheus::Error) -> Self {
+        Self::Metrics(e.to_string())
+    }
+}
