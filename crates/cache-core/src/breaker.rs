@@ -231,10 +231,10 @@ impl CircuitBreaker {
                 if !success {
                     *failures += 1;
                 }
-                if window.len() > self.config.sliding_window as usize {
-                    if let Some(false) = window.pop_front() {
-                        *failures -= 1;
-                    }
+                if window.len() > self.config.sliding_window as usize
+                    && let Some(false) = window.pop_front()
+                {
+                    *failures -= 1;
                 }
                 let n = window.len() as u32;
                 if n >= self.config.minimum_calls

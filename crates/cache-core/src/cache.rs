@@ -455,12 +455,12 @@ where
         let inner = &*self.inner;
         let l1 = inner.l1.as_ref()?;
         let now = inner.clock.now();
-        if let Some(e) = l1.get(&self.ns, key, now) {
-            if e.meta.is_fresh(now) {
-                inner.observers.emit(&CacheEvent::Hit { cache: &inner.name, tier: L1 });
-                on_hit(&e.meta, now);
-                return Some(e.value);
-            }
+        if let Some(e) = l1.get(&self.ns, key, now)
+            && e.meta.is_fresh(now)
+        {
+            inner.observers.emit(&CacheEvent::Hit { cache: &inner.name, tier: L1 });
+            on_hit(&e.meta, now);
+            return Some(e.value);
         }
         inner.observers.emit(&CacheEvent::Miss { cache: &inner.name, tier: L1 });
         None
@@ -499,10 +499,10 @@ where
         let inner = &self.inner;
         let mut make_load = Some(make_load);
         let hit = self.l1_fresh(key, |meta, now| {
-            if inner.options.early_refresh_beta > 0.0 {
-                if let Some(make) = make_load.take() {
-                    inner.maybe_refresh_early(&self.ns, key, meta, now, make);
-                }
+            if inner.options.early_refresh_beta > 0.0
+                && let Some(make) = make_load.take()
+            {
+                inner.maybe_refresh_early(&self.ns, key, meta, now, make);
             }
         });
         if let Some(v) = hit {
@@ -551,10 +551,10 @@ where
                 cache.hit = tracing::field::Empty
             ),
         };
-        if !span.is_disabled() {
-            if let Ok(k) = self.inner.storage_key(&self.ns, key) {
-                span.record("cache.key_hash", k.log_hash().as_str());
-            }
+        if !span.is_disabled()
+            && let Ok(k) = self.inner.storage_key(&self.ns, key)
+        {
+            span.record("cache.key_hash", k.log_hash().as_str());
         }
         span
     }
@@ -963,20 +963,20 @@ where
         let skey = self.storage_key(&ns, &key)?;
         let mut fallback =
             self.l1.as_ref().and_then(|l1| l1.get(&ns, &key, now)).map(|e| Fallback { value: e.value, meta: e.meta });
-        if newer_than.is_none() {
-            if let Some(f) = fallback.as_ref().filter(|f| f.meta.is_fresh(now)) {
-                // Filled by a load that finished while this one was being set up.
-                return Ok(f.value.clone());
-            }
+        if newer_than.is_none()
+            && let Some(f) = fallback.as_ref().filter(|f| f.meta.is_fresh(now))
+        {
+            // Filled by a load that finished while this one was being set up.
+            return Ok(f.value.clone());
         }
         let (hit, stale) = self.read_tiers(&ns, &key, &skey, now, newer_than, epoch).await;
         if let Some(hit) = hit {
             return Ok(hit.value);
         }
-        if let Some(s) = stale {
-            if fallback.as_ref().is_none_or(|f| f.meta.fresh_until < s.meta.fresh_until) {
-                fallback = Some(s);
-            }
+        if let Some(s) = stale
+            && fallback.as_ref().is_none_or(|f| f.meta.fresh_until < s.meta.fresh_until)
+        {
+            fallback = Some(s);
         }
         let span = tracing::Span::current();
         span.record("cache.level", "loader");

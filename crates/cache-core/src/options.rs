@@ -137,10 +137,10 @@ impl EntryOptions {
         if self.negative_ttl.is_some_and(|d| d.is_zero()) {
             return Err(ConfigError::new("negative_ttl", "must be greater than zero when set"));
         }
-        if let (Some(s), Some(h)) = (self.soft_timeout, self.hard_timeout) {
-            if s > h {
-                return Err(ConfigError::new("soft_timeout", format!("({s:?}) must not exceed hard_timeout ({h:?})")));
-            }
+        if let (Some(s), Some(h)) = (self.soft_timeout, self.hard_timeout)
+            && s > h
+        {
+            return Err(ConfigError::new("soft_timeout", format!("({s:?}) must not exceed hard_timeout ({h:?})")));
         }
         if self.soft_timeout.is_some_and(|d| d.is_zero()) || self.hard_timeout.is_some_and(|d| d.is_zero()) {
             return Err(ConfigError::new("timeouts", "must be greater than zero when set"));

@@ -312,10 +312,10 @@ impl Keyring {
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt;
-            if let Ok(md) = std::fs::metadata(path) {
-                if md.permissions().mode() & 0o077 != 0 {
-                    tracing::warn!(path = %shown, "keyring file is readable by group or others; chmod 600 it");
-                }
+            if let Ok(md) = std::fs::metadata(path)
+                && md.permissions().mode() & 0o077 != 0
+            {
+                tracing::warn!(path = %shown, "keyring file is readable by group or others; chmod 600 it");
             }
         }
         Self::parse(&text, &shown)

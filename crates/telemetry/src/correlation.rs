@@ -152,10 +152,10 @@ where
         let Some(dispatch) = self.dispatch.get().and_then(WeakDispatch::upgrade) else { return };
         let Some(cx) = tracing_opentelemetry::get_otel_context(id, &dispatch) else { return };
         let sc = cx.span().span_context().clone();
-        if sc.is_valid() {
-            if let Some(span) = ctx.span(id) {
-                span.extensions_mut().insert(SpanCorrelation(CorrelationId(sc.trace_id().to_string().into())));
-            }
+        if sc.is_valid()
+            && let Some(span) = ctx.span(id)
+        {
+            span.extensions_mut().insert(SpanCorrelation(CorrelationId(sc.trace_id().to_string().into())));
         }
     }
 }
