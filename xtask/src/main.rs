@@ -7,12 +7,21 @@
 //! - `bench`    criterion benches (short measurement; pass extra args after `--`)
 //! - `deny`     cargo-deny (installed if missing)
 //! - `layering` the crate layering check alone
+//! - `services` start the throwaway Redis (standalone + cluster) the tests use, print their
+//!   URLs as `export` lines, and keep them until Ctrl-C
+//! - `ops`      promtool over docs/operations and the metric-name cross-check
+//! - `dashboard` the demo with its dashboard, checked in headless Chromium (screenshot saved)
+//! - `fuzz [N]` the long fuzz run of the security decoders (default 10,000,000 inputs)
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::env;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
 use std::time::Instant;
+
+mod fuzz;
+mod services;
+mod telemetry_checks;
 
 type Result<T = ()> = std::result::Result<T, String>;
 
@@ -29,9 +38,13 @@ fn main() -> ExitCode {
         "bench" => bench(&rest),
         "deny" => deny(),
         "layering" => layering(),
+        "services" => services_forever(),
+        "ops" => telemetry_checks::promtool_check(&root()),
+        "dashboard" => dashboard(),
+        "fuzz" => fuzz::fuzz(&rest),
         "fmt" => run(cargo().args(["fmt", "--all"])),
         _ => {
-            eprintln!("usage: cargo xtask <ci|test|demo|bench|deny|layering|fmt>");
+            eprintln!("usage: cargo xtask <ci|test|demo|bench|deny|layering|fmt|services|ops|dashboard|fuzz>");
             return if cmd == "help" { ExitCode::SUCCESS } else { ExitCode::FAILURE };
         }
     };
@@ -77,6 +90,8 @@ fn ci() -> Result {
     step("layering", layering)?;
     step("facade features", features)?;
     step("tests", test)?;
+    step("operations rules (promtool)", || telemetry_checks::promtool_check(&root()))?;
+    step("dashboard in headless Chromium", dashboard)?;
     step("docs", docs)?;
     step("deny", deny)?;
     eprintln!("\nxtask ci: all green in {:.0}s", t.elapsed().as_secs_f64());
@@ -95,15 +110,56 @@ fn features() -> Result {
     run(cargo().args(["check", "-p", "strata", "--all-features"]))
 }
 
+/// Tests run against throwaway services started here (a standalone Redis and a 3-master Redis
+/// Cluster on free loopback ports), pointed at by `STRATA_TEST_*` variables; PostgreSQL and
+/// MariaDB are the machine's services, each test using a fresh schema. With `CI=true` every
+/// integration test treats a missing service as a failure.
 fn test() -> Result {
+    let (vars, _guards) = services::test_env()?;
+    for (k, v) in &vars {
+        eprintln!("  {k}={v}");
+    }
+    let mut vars = vars;
+    if env::var_os("STRATA_TEST_PG_URL").is_none() {
+        vars.push(("STRATA_TEST_PG_URL".into(), "postgres://postgres@127.0.0.1:5432/test".into()));
+    }
+    let with_env = |c: &mut Command| {
+        for (k, v) in &vars {
+            c.env(k, v);
+        }
+    };
     let nextest = Command::new("cargo-nextest").arg("--version").output().map(|o| o.status.success()).unwrap_or(false);
     if nextest {
-        run(cargo().args(["nextest", "run", "--workspace", "--all-features", "--no-fail-fast"]))?;
+        let mut c = cargo();
+        c.args(["nextest", "run", "--workspace", "--all-features", "--no-fail-fast"]);
+        with_env(&mut c);
+        run(&mut c)?;
     } else {
         eprintln!("cargo-nextest not found; using cargo test");
-        run(cargo().args(["test", "--workspace", "--all-features", "--lib", "--bins", "--tests", "--no-fail-fast"]))?;
+        let mut c = cargo();
+        c.args(["test", "--workspace", "--all-features", "--lib", "--bins", "--tests", "--no-fail-fast"]);
+        with_env(&mut c);
+        run(&mut c)?;
     }
-    run(cargo().args(["test", "--workspace", "--all-features", "--doc"]))
+    let mut c = cargo();
+    c.args(["test", "--workspace", "--all-features", "--doc"]);
+    with_env(&mut c);
+    run(&mut c)
+}
+
+fn services_forever() -> Result {
+    let (vars, _guards) = services::test_env()?;
+    for (k, v) in &vars {
+        println!("export {k}={v}");
+    }
+    eprintln!("services running; Ctrl-C stops them");
+    loop {
+        std::thread::sleep(std::time::Duration::from_secs(3600));
+    }
+}
+
+fn dashboard() -> Result {
+    telemetry_checks::demo_dashboard_check(&root(), &telemetry_checks::default_screenshot(&root()))
 }
 
 fn docs() -> Result {
@@ -113,7 +169,7 @@ fn docs() -> Result {
 }
 
 fn demo() -> Result {
-    run(cargo().args(["run", "--release", "--quiet", "-p", "strata", "--bin", "strata-demo"]))
+    run(cargo().args(["run", "--release", "--quiet", "-p", "strata", "--features", "full", "--bin", "strata-demo"]))
 }
 
 fn bench(extra: &[String]) -> Result {
@@ -181,7 +237,12 @@ fn layering() -> Result {
         "strata-resource-qos",
         "strata-telemetry",
     ];
-    const ALLOWED: [(&str, &str); 1] = [("strata-resource-qos", "strata-gpu")];
+    // The resource manager schedules GPUs; telemetry observes caches and the resource manager.
+    const ALLOWED: [(&str, &str); 3] = [
+        ("strata-resource-qos", "strata-gpu"),
+        ("strata-telemetry", "strata-resource-qos"),
+        ("strata-telemetry", "strata-gpu"),
+    ];
     const HEAVY: [&str; 10] = [
         "redis",
         "deadpool-redis",
@@ -239,10 +300,10 @@ fn layering() -> Result {
         if !seen.insert(id) {
             continue;
         }
-        if let Some(name) = by_id.get(id) {
-            if HEAVY.contains(name) {
-                problems.push(format!("strata-cache-core pulls in {name}"));
-            }
+        if let Some(name) = by_id.get(id)
+            && HEAVY.contains(name)
+        {
+            problems.push(format!("strata-cache-core pulls in {name}"));
         }
         stack.extend(graph.get(id).into_iter().flatten().copied());
     }

@@ -10,11 +10,18 @@
 //! ttl = "5m"
 //! stale_limit = "1h"
 //!
-//! [redis]                   # L2 (needs the `redis` tier; see issue #3)
+//! [redis]                   # L2 (feature `redis`): `url` for one server or `cluster = [...]`
 //! url = "redis://127.0.0.1:6379"
+//! prefix = "myapp:"         # key/channel prefix (default "strata:")
+//! bus = true                # pub/sub backplane (default true)
+//! lock = false              # fleet-wide stampede lock (default false)
 //!
-//! [sql]                     # L3 (needs the `sql` tier; see issue #4)
+//! [sql]                     # L3 (feature `sql`): SQLite, PostgreSQL or MySQL/MariaDB
 //! url = "sqlite://strata.db?mode=rwc"
+//! sweep_interval = "60s"    # purge expired rows; "0s" disables
+//!
+//! [admin]                   # admin HTTP (feature `telemetry`): /metrics /health /topology /dashboard
+//! listen = "127.0.0.1:9464"
 //!
 //! [caches.rules]            # one section per named cache
 //! preset = "rule"
@@ -113,12 +120,69 @@ impl EntrySettings {
     }
 }
 
-/// A URL-only backend section.
+/// The L2 Redis section (`[redis]`, `STRATA_REDIS_*`).
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct BackendSettings {
-    /// Connection URL.
+pub struct RedisSettings {
+    /// A standalone server: `redis://host:port[/db]`.
+    pub url: Option<String>,
+    /// Redis Cluster seed nodes (a list, or one comma-separated string in the environment).
+    #[serde(default, deserialize_with = "list_or_csv")]
+    pub cluster: Vec<String>,
+    /// Key prefix (default `strata:`).
+    pub prefix: Option<String>,
+    /// Connection pool size.
+    pub pool_size: Option<usize>,
+    /// Per-call timeout.
+    pub timeout: Option<Dur>,
+    /// Publish and receive invalidations over Redis pub/sub (default true).
+    #[serde(default = "yes")]
+    pub bus: bool,
+    /// Fleet-wide stampede lock on cold keys (default false).
+    #[serde(default)]
+    pub lock: bool,
+}
+
+/// The L3 SQL section (`[sql]`, `STRATA_SQL_*`).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SqlSettings {
+    /// `sqlite://path?mode=rwc`, `postgres://user@host/db`, `mysql://...`.
     pub url: String,
+    /// The cache table (default `strata_cache`).
+    pub table: Option<String>,
+    /// How often expired rows are purged (default 60s; "0s" disables the sweeper).
+    pub sweep_interval: Option<Dur>,
+    /// Largest number of pooled connections.
+    pub max_connections: Option<u32>,
+    /// How long a call waits for a pooled connection before failing as overloaded.
+    pub acquire_timeout: Option<Dur>,
+}
+
+/// The admin HTTP section (`[admin]`, `STRATA_ADMIN_*`): `/metrics`, `/health`, `/topology`,
+/// `/dashboard`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminSettings {
+    /// Listen address, e.g. `127.0.0.1:9464` (port 0 picks a free one).
+    pub listen: String,
+}
+
+fn yes() -> bool {
+    true
+}
+
+fn list_or_csv<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum ListOrCsv {
+        List(Vec<String>),
+        Csv(String),
+    }
+    Ok(match ListOrCsv::deserialize(d)? {
+        ListOrCsv::List(v) => v,
+        ListOrCsv::Csv(s) => s.split(',').map(str::trim).filter(|x| !x.is_empty()).map(str::to_owned).collect(),
+    })
 }
 
 /// One named cache.
@@ -147,15 +211,17 @@ pub struct StrataConfig {
     #[serde(default)]
     pub defaults: EntrySettings,
     /// L2 Redis.
-    pub redis: Option<BackendSettings>,
+    pub redis: Option<RedisSettings>,
     /// L3 SQL.
-    pub sql: Option<BackendSettings>,
+    pub sql: Option<SqlSettings>,
+    /// Admin HTTP endpoint.
+    pub admin: Option<AdminSettings>,
     /// Named caches.
     #[serde(default)]
     pub caches: BTreeMap<String, CacheSettings>,
 }
 
-const SECTIONS: [&str; 4] = ["l1", "defaults", "redis", "sql"];
+const SECTIONS: [&str; 5] = ["l1", "defaults", "redis", "sql", "admin"];
 
 impl StrataConfig {
     /// Parses TOML text, applies `env` overrides, and validates.
@@ -235,15 +301,38 @@ impl StrataConfig {
             }
             self.l1_for(name).validate().map_err(|e| prefix(&field, e))?;
         }
-        for (section, b) in [("redis", &self.redis), ("sql", &self.sql)] {
-            if let Some(b) = b {
-                if !b.url.contains("://") {
-                    return Err(ConfigError::new(
-                        format!("{section}.url"),
-                        format!("{:?} is not a URL (scheme://...)", b.url),
-                    ));
+        if let Some(r) = &self.redis {
+            let urls = r.url.iter().map(|u| ("redis.url", u)).chain(r.cluster.iter().map(|u| ("redis.cluster", u)));
+            for (field, u) in urls {
+                if !(u.starts_with("redis://") || u.starts_with("rediss://")) {
+                    return Err(ConfigError::new(field, format!("{u:?} is not a Redis URL (redis://host:port)")));
                 }
             }
+            match (&r.url, r.cluster.is_empty()) {
+                (None, true) => {
+                    return Err(ConfigError::new("redis", "set `url` (standalone) or `cluster` (seed nodes)"));
+                }
+                (Some(_), false) => return Err(ConfigError::new("redis", "set `url` or `cluster`, not both")),
+                _ => {}
+            }
+            if r.pool_size == Some(0) {
+                return Err(ConfigError::new("redis.pool_size", "must be greater than zero"));
+            }
+        }
+        if let Some(sql) = &self.sql
+            && !["sqlite:", "postgres://", "postgresql://", "mysql://", "mariadb://"]
+                .iter()
+                .any(|p| sql.url.starts_with(p))
+        {
+            return Err(ConfigError::new(
+                "sql.url",
+                format!("{:?} is not a SQL URL (sqlite://path, postgres://..., mysql://...)", sql.url),
+            ));
+        }
+        if let Some(a) = &self.admin {
+            a.listen.parse::<std::net::SocketAddr>().map_err(|e| {
+                ConfigError::new("admin.listen", format!("{:?} is not a socket address (host:port): {e}", a.listen))
+            })?;
         }
         Ok(())
     }
@@ -273,7 +362,7 @@ fn apply_env(table: &mut toml::Table, var: &str, value: &str) -> Result<(), Conf
             None => {
                 return Err(ConfigError::new(
                     var,
-                    "unknown Strata setting; use STRATA_{L1,DEFAULTS,REDIS,SQL}_<FIELD> or STRATA_CACHES__<NAME>__<FIELD>",
+                    "unknown Strata setting; use STRATA_{L1,DEFAULTS,REDIS,SQL,ADMIN}_<FIELD> or STRATA_CACHES__<NAME>__<FIELD>",
                 ));
             }
         }
@@ -340,7 +429,19 @@ mod tests {
             ]),
         )
         .unwrap();
-        assert_eq!(c.redis.as_ref().unwrap().url, "redis://127.0.0.1:6390");
+        assert_eq!(c.redis.as_ref().unwrap().url.as_deref(), Some("redis://127.0.0.1:6390"));
+        assert!(c.redis.as_ref().unwrap().bus, "the backplane is on by default");
+        let c2 = StrataConfig::from_toml_with_env(
+            "",
+            env(&[
+                ("STRATA_REDIS_CLUSTER", "redis://127.0.0.1:7001, redis://127.0.0.1:7002"),
+                ("STRATA_SQL_URL", "sqlite://strata.db?mode=rwc"),
+                ("STRATA_ADMIN_LISTEN", "127.0.0.1:0"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(c2.redis.as_ref().unwrap().cluster, ["redis://127.0.0.1:7001", "redis://127.0.0.1:7002"]);
+        assert_eq!(c2.sql.as_ref().unwrap().url, "sqlite://strata.db?mode=rwc");
         assert_eq!(c.l1.max_entries, Some(42));
         assert_eq!(c.entry_options_for("rules").ttl, Duration::from_secs(1800));
         assert_eq!(c.caches["new"].preset, Some(Preset::Analytics));
@@ -357,6 +458,10 @@ mod tests {
             ("[l1]\nmax_entries = 0", &[], "l1.max_entries"),
             ("[caches.\"bad name\"]", &[], "caches.bad name"),
             ("[redis]\nurl = \"localhost\"", &[], "redis.url"),
+            ("[redis]\nprefix = \"x:\"", &[], "set `url` (standalone) or `cluster`"),
+            ("[redis]\nurl = \"redis://a:1\"\ncluster = [\"redis://b:1\"]", &[], "not both"),
+            ("[sql]\nurl = \"oracle://x\"", &[], "sql.url"),
+            ("[admin]\nlisten = \"nowhere\"", &[], "admin.listen"),
             ("", &[("STRATA_REDIS_ULR", "x")], "ulr"),
             ("", &[("STRATA_TURBO", "1")], "STRATA_TURBO"),
             ("", &[("STRATA_CACHES__X", "1")], "STRATA_CACHES__X"),

@@ -51,11 +51,31 @@ pub use strata_cache_core::{
     Namespace, Postcard, Serializer, SystemClock, Tier, TierHealth, WarmReport, Writer,
 };
 
+pub mod backends;
 pub mod config;
+#[cfg(all(feature = "consistency", any(feature = "redis", feature = "sql")))]
+pub mod external;
 pub mod preset;
 
+pub use backends::{ConnectError, Topology};
 pub use config::StrataConfig;
 pub use preset::Preset;
+pub use strata_cache_core::{BreakerConfig, BreakerState, BreakerTier, LoadLock, LockOptions};
+
+#[cfg(feature = "redis")]
+pub use strata_cache_redis as redis;
+#[cfg(feature = "sql")]
+pub use strata_cache_sql as sql;
+#[cfg(feature = "consistency")]
+pub use strata_consistency as consistency;
+#[cfg(feature = "gpu")]
+pub use strata_gpu as gpu;
+#[cfg(feature = "gpu")]
+pub use strata_resource_qos as resource_qos;
+#[cfg(feature = "security")]
+pub use strata_security as security;
+#[cfg(feature = "telemetry")]
+pub use strata_telemetry as telemetry;
 
 /// A runtime shared by named caches.
 #[derive(Clone)]
@@ -63,8 +83,12 @@ pub struct Strata {
     config: Arc<StrataConfig>,
     tiers: Vec<Arc<dyn Tier>>,
     bus: Option<Arc<dyn InvalidationBus>>,
+    lock: Option<(Arc<dyn LoadLock>, LockOptions)>,
     observers: Vec<Arc<dyn CacheObserver>>,
     clock: Arc<dyn Clock>,
+    topology: Arc<Topology>,
+    /// Background tasks (the SQL sweeper) that live as long as the runtime.
+    _tasks: Arc<dyn std::any::Any + Send + Sync>,
 }
 
 impl std::fmt::Debug for Strata {
@@ -118,15 +142,59 @@ impl StrataBuilder {
         self
     }
 
-    /// Builds the runtime.
+    /// Builds the runtime from the tiers and bus given explicitly (the configuration's
+    /// `[redis]` / `[sql]` sections are not connected: use [`StrataBuilder::connect`]).
     pub fn build(self) -> Strata {
+        let topology = Topology {
+            tiers: self.tiers.iter().map(|t| (t.name().to_owned(), "custom".to_owned())).collect(),
+            bus: self.bus.as_ref().map(|b| b.name().to_owned()),
+            lock: None,
+        };
         Strata {
             config: Arc::new(self.config),
             tiers: self.tiers,
             bus: self.bus,
+            lock: None,
             observers: self.observers,
             clock: self.clock,
+            topology: Arc::new(topology),
+            _tasks: Arc::new(()),
         }
+    }
+
+    /// Connects the backends the configuration names — `[redis]` (tier behind a circuit
+    /// breaker, pub/sub backplane unless `bus = false`, stampede lock when `lock = true`) and
+    /// `[sql]` (tier behind a circuit breaker, expired-row sweeper) — below any tiers added
+    /// explicitly, then builds the runtime. Breaker transitions go to the observers added so far.
+    pub async fn connect(mut self) -> Result<Strata, ConnectError> {
+        let fanout: Arc<dyn CacheObserver> = Arc::new(backends::Fanout(self.observers.clone()));
+        let b = backends::connect(&self.config, fanout, self.clock.clone()).await?;
+        let mut topology = Topology {
+            tiers: self.tiers.iter().map(|t| (t.name().to_owned(), "custom".to_owned())).collect(),
+            bus: self.bus.as_ref().map(|b| b.name().to_owned()),
+            lock: None,
+        };
+        topology.tiers.extend(b.topology.tiers);
+        self.tiers.extend(b.tiers);
+        if self.bus.is_none() {
+            self.bus = b.bus;
+            topology.bus = b.topology.bus;
+        }
+        topology.lock = b.topology.lock;
+        #[cfg(feature = "sql")]
+        let tasks: Arc<dyn std::any::Any + Send + Sync> = Arc::new(b.sweeper);
+        #[cfg(not(feature = "sql"))]
+        let tasks: Arc<dyn std::any::Any + Send + Sync> = Arc::new(());
+        Ok(Strata {
+            config: Arc::new(self.config),
+            tiers: self.tiers,
+            bus: self.bus,
+            lock: b.lock,
+            observers: self.observers,
+            clock: self.clock,
+            topology: Arc::new(topology),
+            _tasks: tasks,
+        })
     }
 }
 
@@ -145,6 +213,16 @@ impl Strata {
     /// The configuration.
     pub fn config(&self) -> &StrataConfig {
         &self.config
+    }
+
+    /// The tiers below L1, the bus and the lock (for `/topology` and banners).
+    pub fn topology(&self) -> &Topology {
+        &self.topology
+    }
+
+    /// The shared tiers, top to bottom.
+    pub fn tiers(&self) -> &[Arc<dyn Tier>] {
+        &self.tiers
     }
 
     /// A builder for the cache `name`, pre-filled with the runtime's tiers, bus, observers and
@@ -168,6 +246,9 @@ impl Strata {
         }
         if let Some(bus) = &self.bus {
             b = b.bus(bus.clone());
+        }
+        if let Some((lock, opts)) = &self.lock {
+            b = b.load_lock(lock.clone(), opts.clone());
         }
         b
     }

@@ -1,13 +1,17 @@
-//! `cargo xtask demo`: a realistic workload through the facade.
+//! `cargo xtask demo`: a realistic workload through the facade, with the admin dashboard.
 //!
-//! Zipf-distributed keys (s = 1.0 over 20,000 keys) from 32 concurrent clients, 200,000 requests,
-//! against a slow loader standing in for a database (2 ms per call, plus 5 % of calls
-//! at 20 ms). Prints progress every second and ends with a table: requests, hit ratio per tier,
-//! loader calls, p50/p99 latency.
+//! Zipf-distributed keys (s = 1.0 over 20,000 keys) from 32 concurrent clients, 200,000 requests
+//! by default, against a slow loader standing in for a database (2 ms per call, plus 5 % of
+//! calls at 20 ms). Prints progress every second and ends with a table: requests, hit ratio per
+//! tier, loader calls, p50/p99 latency.
 //!
-//! Tiers: L1 always. The L2 Redis and L3 SQLite tiers are added here as their crates land
-//! (issues #3 and #4); until then a configured `STRATA_REDIS_URL` / `[sql]` is reported and not
-//! used.
+//! Levels: L1 (2,000 entries) → L2 Redis when `STRATA_REDIS_URL` / `[redis]` is configured →
+//! L3 SQL: the configured `[sql]`, or by default an embedded SQLite file in the temp directory.
+//! The admin endpoint (`/dashboard`, `/metrics`, `/health`, `/topology`) listens on
+//! `STRATA_ADMIN_LISTEN` (default `127.0.0.1:0`) and its address is printed.
+//!
+//! Flags: `--requests N` (default 200000), `--linger SECS` (keep serving the dashboard after the
+//! workload; default 0), `--rate N` (requests per second in total, default unlimited).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -15,9 +19,11 @@ use std::time::{Duration, Instant};
 
 use rand::SeedableRng;
 use rand_distr::{Distribution, Zipf};
+use strata::config::{AdminSettings, SqlSettings};
+use strata::telemetry::PrometheusObserver;
+use strata::telemetry::admin::{self, AdminState, CacheHealth, CacheTopology};
 use strata::{BoxError, CacheStats, FnLoader, Strata, StrataConfig};
 
-const REQUESTS: u64 = 200_000;
 const CLIENTS: u64 = 32;
 const KEYS: u64 = 20_000;
 
@@ -29,24 +35,69 @@ struct Product {
     tags: Vec<String>,
 }
 
-fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
-    rt.block_on(run())
+struct Args {
+    requests: u64,
+    linger: Duration,
+    rate: Option<u64>,
 }
 
-async fn run() -> Result<(), Box<dyn std::error::Error>> {
-    let config = StrataConfig::from_env()?;
-    println!("Strata demo: {REQUESTS} requests, {CLIENTS} clients, Zipf(s=1.0) over {KEYS} keys");
-    match &config.redis {
-        Some(_) => println!("  L2 redis: configured, but the Redis tier is not in this build yet (issue #3): not used"),
-        None => println!("  L2 redis: not configured (set STRATA_REDIS_URL)"),
+fn parse_args() -> Result<Args, String> {
+    let mut a = Args { requests: 200_000, linger: Duration::ZERO, rate: None };
+    let mut it = std::env::args().skip(1);
+    while let Some(flag) = it.next() {
+        let mut value = |name: &str| -> Result<u64, String> {
+            let v = it.next().ok_or_else(|| format!("{name} needs a value"))?;
+            v.parse().map_err(|e| format!("{name} {v:?}: {e}"))
+        };
+        match flag.as_str() {
+            "--requests" => a.requests = value("--requests")?.max(CLIENTS),
+            "--linger" => a.linger = Duration::from_secs(value("--linger")?),
+            "--rate" => a.rate = Some(value("--rate")?.max(1)),
+            other => return Err(format!("unknown flag {other:?} (use --requests N, --linger SECS, --rate N)")),
+        }
     }
-    if config.sql.is_some() {
-        println!("  L3 sql:   configured, but the SQL tier is not in this build yet (issue #4): not used");
+    Ok(a)
+}
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let args = parse_args()?;
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    rt.block_on(run(args))
+}
+
+async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
+    let mut config = StrataConfig::from_env()?;
+    let mut temp_db = None;
+    if config.sql.is_none() {
+        let path = std::env::temp_dir().join(format!("strata-demo-{}.db", std::process::id()));
+        config.sql = Some(SqlSettings {
+            url: format!("sqlite://{}?mode=rwc", path.display()),
+            table: None,
+            sweep_interval: None,
+            max_connections: None,
+            acquire_timeout: None,
+        });
+        temp_db = Some(path);
     }
+    let admin_addr =
+        config.admin.get_or_insert_with(|| AdminSettings { listen: "127.0.0.1:0".into() }).listen.parse()?;
+    let requests = args.requests;
+    println!("Strata demo: {requests} requests, {CLIENTS} clients, Zipf(s=1.0) over {KEYS} keys");
 
     let stats = CacheStats::new();
-    let strata = Strata::builder().config(config).observer(stats.clone()).build();
+    let metrics = PrometheusObserver::new()?;
+    let strata = Strata::builder().config(config).observer(stats.clone()).observer(metrics.clone()).connect().await?;
+    println!("  L1: 2000 entries");
+    for (name, desc) in &strata.topology().tiers {
+        println!("  {name}: {desc}");
+    }
+    if strata.config().redis.is_none() {
+        println!("  (no Redis configured: set STRATA_REDIS_URL=redis://127.0.0.1:6379 to add L2)");
+    }
+    if let Some(bus) = &strata.topology().bus {
+        println!("  backplane: {bus}");
+    }
+
     let loader_calls = Arc::new(AtomicU64::new(0));
     let calls = loader_calls.clone();
     let products = strata
@@ -60,7 +111,7 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
             async move {
                 let n = calls.fetch_add(1, Ordering::Relaxed);
                 // A database: 2 ms typical, 20 ms for one call in twenty.
-                let delay = if n % 20 == 0 { 20 } else { 2 };
+                let delay = if n.is_multiple_of(20) { 20 } else { 2 };
                 tokio::time::sleep(Duration::from_millis(delay)).await;
                 Ok::<_, BoxError>(Some(Product {
                     id,
@@ -72,18 +123,36 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
         }))
         .build()
         .await?;
-    println!("  cache: {products:?}\n");
+
+    metrics.watch_cache(&products);
+    for tier in strata.tiers() {
+        let t = tier.clone();
+        metrics.watch_breaker(tier.name(), move || t.breaker_state());
+    }
+    let topo = strata.topology().clone();
+    let state = AdminState::new(metrics.clone())
+        .health_source(Arc::new(CacheHealth::new(products.clone(), Some(metrics.clone()))))
+        .topology_source(Arc::new(CacheTopology::new(products.clone())))
+        .topology_source(Arc::new(move || {
+            serde_json::json!({
+                "backends": topo.tiers.iter().map(|(n, d)| serde_json::json!({"name": n, "description": d})).collect::<Vec<_>>(),
+                "backplane": topo.bus.as_ref().map(|b| serde_json::json!({"kind": "redis-pubsub", "description": b})),
+            })
+        }));
+    let (addr, server) = admin::serve(admin_addr, state).await?;
+    println!("  dashboard: http://{addr}/dashboard   (metrics: http://{addr}/metrics)\n");
 
     let done = Arc::new(AtomicU64::new(0));
     let started = Instant::now();
+    let per_client_gap = args.rate.map(|r| Duration::from_secs_f64(CLIENTS as f64 / r as f64));
     let mut clients = Vec::new();
     for c in 0..CLIENTS {
         let (products, done) = (products.clone(), done.clone());
         clients.push(tokio::spawn(async move {
             let mut rng = rand::rngs::StdRng::seed_from_u64(c);
             let zipf = Zipf::new(KEYS as f64, 1.0).map_err(|e| e.to_string())?;
-            let mut lat = Vec::with_capacity((REQUESTS / CLIENTS) as usize);
-            for _ in 0..REQUESTS / CLIENTS {
+            let mut lat = Vec::with_capacity((requests / CLIENTS) as usize);
+            for _ in 0..requests / CLIENTS {
                 let key = zipf.sample(&mut rng) as u64;
                 let t = Instant::now();
                 let p = products.get_or_load(&key).await.map_err(|e| e.to_string())?;
@@ -92,6 +161,9 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
                     return Err(format!("wrong value for key {key}"));
                 }
                 done.fetch_add(1, Ordering::Relaxed);
+                if let Some(gap) = per_client_gap {
+                    tokio::time::sleep(gap.saturating_sub(t.elapsed())).await;
+                }
             }
             Ok::<_, String>(lat)
         }));
@@ -112,7 +184,7 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
             }
         })
     };
-    let mut lat = Vec::with_capacity(REQUESTS as usize);
+    let mut lat = Vec::with_capacity(requests as usize);
     for c in clients {
         lat.extend(c.await??);
     }
@@ -133,6 +205,7 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
         let (h, m) = (stats.hits(&tier), stats.misses(&tier));
         row(&format!("{tier} hit ratio"), format!("{:.2} %", 100.0 * h as f64 / (h + m).max(1) as f64));
     }
+    row("tier errors", stats.tier_errors().to_string());
     row("coalesced waiters", stats.coalesced().to_string());
     row("loader calls", loader_calls.load(Ordering::Relaxed).to_string());
     row("L1 evictions", stats.evictions().to_string());
@@ -140,5 +213,16 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
     row("p99 latency", format!("{} µs", pct(0.99)));
     row("p99.9 latency", format!("{} µs", pct(0.999)));
     println!("  └──────────────────────────┴──────────────┘");
+
+    if !args.linger.is_zero() {
+        println!("  serving the dashboard for {} more seconds", args.linger.as_secs());
+        tokio::time::sleep(args.linger).await;
+    }
+    server.abort();
+    if let Some(p) = temp_db {
+        for suffix in ["", "-wal", "-shm"] {
+            let _ = std::fs::remove_file(format!("{}{suffix}", p.display()));
+        }
+    }
     Ok(())
 }
