@@ -10,6 +10,9 @@
 //! The admin endpoint (`/dashboard`, `/metrics`, `/health`, `/topology`) listens on
 //! `STRATA_ADMIN_LISTEN` (default `127.0.0.1:0`) and its address is printed.
 //!
+//! Beside the cache, a resource manager over a simulated inventory (4 GPUs) admits a stream of
+//! small training jobs, so the dashboard's resource panel has something to show.
+//!
 //! Flags: `--requests N` (default 200000), `--linger SECS` (keep serving the dashboard after the
 //! workload; default 0), `--rate N` (requests per second in total, default unlimited).
 
@@ -20,8 +23,10 @@ use std::time::{Duration, Instant};
 use rand::SeedableRng;
 use rand_distr::{Distribution, Zipf};
 use strata::config::{AdminSettings, SqlSettings};
+use strata::gpu::{DevicePluginConfig, SimulatedInventory};
+use strata::resource_qos::{AllocationRequest, PriorityClass, ResourceKind, ResourceManager};
 use strata::telemetry::PrometheusObserver;
-use strata::telemetry::admin::{self, AdminState, CacheHealth, CacheTopology};
+use strata::telemetry::admin::{self, AdminState, CacheHealth, CacheTopology, ResourceTopology};
 use strata::{BoxError, CacheStats, FnLoader, Strata, StrataConfig};
 
 const CLIENTS: u64 = 32;
@@ -129,10 +134,48 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         let t = tier.clone();
         metrics.watch_breaker(tier.name(), move || t.breaker_state());
     }
+    // A resource manager on a simulated 4-GPU node, fed by a stream of jobs.
+    let inventory = SimulatedInventory::builder().gpus(4, "simulated H100 80GB", 80).nvlink_all(18).build()?;
+    let manager = ResourceManager::builder()
+        .capacity(ResourceKind::Cpu, 16_000)
+        .capacity(ResourceKind::Memory, 64 << 30)
+        .gpu_inventory(Arc::new(inventory), DevicePluginConfig::default())
+        .priority_class(PriorityClass::new("batch", 100).global_default())
+        .observer(metrics.clone())
+        .build()?;
+    {
+        let m = manager.clone();
+        metrics.watch_resources(move || m.usage());
+    }
+    let admitted = Arc::new(AtomicU64::new(0));
+    let jobs = {
+        let (manager, admitted) = (manager.clone(), admitted.clone());
+        tokio::spawn(async move {
+            let mut n = 0u64;
+            loop {
+                n += 1;
+                let req = AllocationRequest::new("training", "demo")
+                    .request(ResourceKind::Cpu, 2_000)
+                    .request(ResourceKind::Memory, 8 << 30)
+                    .request(ResourceKind::Gpu, 1 + n % 2)
+                    .timeout(Duration::from_millis(200));
+                if let Ok(job) = manager.allocate(req).await {
+                    admitted.fetch_add(1, Ordering::Relaxed);
+                    tokio::spawn(async move {
+                        tokio::time::sleep(Duration::from_millis(300 + 97 * (n % 7))).await;
+                        drop(job);
+                    });
+                }
+                tokio::time::sleep(Duration::from_millis(120)).await;
+            }
+        })
+    };
+
     let topo = strata.topology().clone();
     let state = AdminState::new(metrics.clone())
         .health_source(Arc::new(CacheHealth::new(products.clone(), Some(metrics.clone()))))
         .topology_source(Arc::new(CacheTopology::new(products.clone())))
+        .topology_source(Arc::new(ResourceTopology::new(manager.clone())))
         .topology_source(Arc::new(move || {
             serde_json::json!({
                 "backends": topo.tiers.iter().map(|(n, d)| serde_json::json!({"name": n, "description": d})).collect::<Vec<_>>(),
@@ -212,6 +255,7 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     row("p50 latency", format!("{} µs", pct(0.50)));
     row("p99 latency", format!("{} µs", pct(0.99)));
     row("p99.9 latency", format!("{} µs", pct(0.999)));
+    row("GPU jobs admitted", admitted.load(Ordering::Relaxed).to_string());
     println!("  └──────────────────────────┴──────────────┘");
 
     if !args.linger.is_zero() {
@@ -219,6 +263,7 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         tokio::time::sleep(args.linger).await;
     }
     server.abort();
+    jobs.abort();
     if let Some(p) = temp_db {
         for suffix in ["", "-wal", "-shm"] {
             let _ = std::fs::remove_file(format!("{}{suffix}", p.display()));
