@@ -35,6 +35,9 @@ pub enum Outcome {
     Allowed,
     /// The policy refused the request.
     Denied,
+    /// Bytes read from a tier were refused (tampered, truncated, wrong or unknown key) and
+    /// treated as a miss.
+    Rejected,
 }
 
 /// One audited request. Keys appear only as keyed hashes.
@@ -56,6 +59,9 @@ pub struct AuditRecord {
     pub outcome: Outcome,
     /// The request's correlation id.
     pub correlation_id: Option<String>,
+    /// What went wrong, for `Rejected` records (tier and error kind; never key material).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
 }
 
 impl AuditRecord {
@@ -78,6 +84,57 @@ impl AuditRecord {
             key_hash,
             outcome,
             correlation_id: crate::correlation::current().map(|c| c.to_string()),
+            detail: None,
+        }
+    }
+
+    /// Adds a detail.
+    #[must_use]
+    pub fn with_detail(mut self, detail: impl Into<String>) -> Self {
+        self.detail = Some(detail.into());
+        self
+    }
+}
+
+/// A [`CacheObserver`](strata_cache_core::CacheObserver) that audits every frame a cache
+/// refused — tampered or truncated bytes, a wrong, unknown or destroyed key, plaintext planted
+/// where encryption is required — as an [`Outcome::Rejected`] record (principal `strata`,
+/// action `read`, no key: cache events never carry keys). Add it to the cache's observers.
+///
+/// A failing sink is logged and counted, never propagated: the read already answered with a
+/// miss.
+pub struct AuditObserver {
+    sink: std::sync::Arc<dyn AuditSink>,
+    failures: std::sync::atomic::AtomicU64,
+}
+
+impl std::fmt::Debug for AuditObserver {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AuditObserver").field("failures", &self.failures()).finish_non_exhaustive()
+    }
+}
+
+impl AuditObserver {
+    /// Audits into `sink`.
+    pub fn new(sink: std::sync::Arc<dyn AuditSink>) -> std::sync::Arc<Self> {
+        std::sync::Arc::new(Self { sink, failures: std::sync::atomic::AtomicU64::new(0) })
+    }
+
+    /// Records the sink refused.
+    pub fn failures(&self) -> u64 {
+        self.failures.load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
+impl strata_cache_core::CacheObserver for AuditObserver {
+    fn on_event(&self, event: &strata_cache_core::CacheEvent<'_>) {
+        if let strata_cache_core::CacheEvent::DecodeError { cache, tier, error } = event {
+            let record = AuditRecord::now("strata", Action::Read, cache, "", None, Outcome::Rejected)
+                .with_detail(format!("tier {tier}: {error}"));
+            if let Err(e) = self.sink.record(&record) {
+                self.failures.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                tracing::warn!(cache = %cache, error = %e, "audit record of a rejected frame not written");
+            }
         }
     }
 }

@@ -81,7 +81,9 @@ pub mod reencrypt;
 pub mod secure;
 
 pub use access::{AccessDenied, AccessPolicy, Action, Principal, RoleBasedPolicy, RoleBasedPolicyBuilder};
-pub use audit::{AuditError, AuditRecord, AuditSink, JsonLinesAuditSink, MemoryAuditSink, Outcome, VerifyReport};
+pub use audit::{
+    AuditError, AuditObserver, AuditRecord, AuditSink, JsonLinesAuditSink, MemoryAuditSink, Outcome, VerifyReport,
+};
 #[cfg(feature = "zstd")]
 pub use compress::{ZstdCodec, ZstdDictionary};
 pub use encrypt::AesGcmCodec;

@@ -14,8 +14,8 @@ use strata_cache_core::{
     Postcard, StoredEntry,
 };
 use strata_security::{
-    AesGcmCodec, DataKey, KeyId, KeyProvider, Keyring, NamespaceKeyring, Reencrypted, Reencryptor, ZstdCodec,
-    ZstdDictionary,
+    AesGcmCodec, AuditObserver, AuditRecord, DataKey, KeyId, KeyProvider, Keyring, MemoryAuditSink, NamespaceKeyring,
+    Outcome, Reencrypted, Reencryptor, ZstdCodec, ZstdDictionary,
 };
 
 fn key(ns: &str, id: &str) -> Key {
@@ -82,13 +82,23 @@ struct Fixture {
     cache: Cache<String, String>,
     tier: MemoryTier,
     stats: Arc<CacheStats>,
+    audit: Arc<MemoryAuditSink>,
+}
+
+impl Fixture {
+    /// The audited rejections so far (each also a counted decode error).
+    fn rejected(&self) -> Vec<AuditRecord> {
+        self.audit.records().into_iter().filter(|r| r.outcome == Outcome::Rejected).collect()
+    }
 }
 
 async fn encrypted_cache(provider: Arc<dyn KeyProvider>) -> Fixture {
     let tier = MemoryTier::new("l2");
     let stats = CacheStats::new();
+    let audit = Arc::new(MemoryAuditSink::new());
     let cache = Cache::builder("c")
         .no_l1()
+        .observer(AuditObserver::new(audit.clone()))
         .tier(Arc::new(tier.clone()))
         .serializer(Postcard)
         .codec(Arc::new(ZstdCodec::new(3).unwrap()))
@@ -98,7 +108,7 @@ async fn encrypted_cache(provider: Arc<dyn KeyProvider>) -> Fixture {
         .build()
         .await
         .unwrap();
-    Fixture { cache, tier, stats }
+    Fixture { cache, tier, stats, audit }
 }
 
 fn skey(id: &str) -> Key {
@@ -115,6 +125,10 @@ async fn swapped_ciphertext_between_keys_is_a_miss_and_a_decode_error() {
     let before = f.stats.decode_errors();
     assert_eq!(f.cache.get(&"b".into()).await.unwrap(), None);
     assert_eq!(f.stats.decode_errors(), before + 1);
+    let rejected = f.rejected();
+    assert_eq!(rejected.len(), 1, "the refused frame is audited");
+    assert_eq!((rejected[0].cache.as_str(), rejected[0].key_hash.as_deref()), ("c", None));
+    assert!(rejected[0].detail.as_deref().unwrap().contains("tier l2"), "{:?}", rejected[0].detail);
     assert_eq!(f.cache.get(&"a".into()).await.unwrap().as_deref(), Some(&"value of a".to_string()));
 }
 
@@ -135,6 +149,7 @@ async fn tampered_and_truncated_frames_are_misses() {
         assert_eq!(f.cache.get(&"a".into()).await.unwrap(), None);
         errors += 1;
         assert_eq!(f.stats.decode_errors(), errors);
+        assert_eq!(f.rejected().len() as u64, errors, "every refused frame is audited");
     }
     // Tampering that keeps the CRC valid (recomputed) is caught by AES-GCM.
     let (mut frame, _) = Frame::decode(&orig.frame).unwrap();
