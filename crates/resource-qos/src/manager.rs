@@ -694,6 +694,29 @@ impl ResourceManager {
     /// `InvalidQuantity`, `InvalidRequest`, `UnknownResource`, `LimitRangeViolation`,
     /// `QuotaExceeded`, `ExceedsCapacity`, `CircuitOpen`, `Overloaded`, `Timeout`, `Shutdown`.
     pub async fn allocate(&self, request: AllocationRequest) -> Result<Allocation, QosError> {
+        use tracing::Instrument;
+        // The principal is left out of the span (it may name a person); the namespace is not.
+        let span = tracing::info_span!(
+            "resource.allocate",
+            resource.namespace = %request.namespace,
+            resource.outcome = tracing::field::Empty,
+            resource.qos = tracing::field::Empty
+        );
+        let r = self.allocate_inner(request).instrument(span.clone()).await;
+        match &r {
+            Ok(a) => {
+                span.record("resource.outcome", "admitted");
+                span.record("resource.qos", tracing::field::debug(a.qos()));
+            }
+            Err(e) => {
+                span.record("resource.outcome", outcome_of(e));
+            }
+        }
+        r
+    }
+
+    #[allow(clippy::too_many_lines)]
+    async fn allocate_inner(&self, request: AllocationRequest) -> Result<Allocation, QosError> {
         let inner = &self.inner;
         let prepared = inner.prepare(request)?;
         let now = Instant::now();
@@ -1623,5 +1646,27 @@ impl Inner {
                 fx.dropped.push(a);
             }
         }
+    }
+}
+
+/// A short, data-free name for a refusal (span attributes must not carry principals).
+fn outcome_of(e: &QosError) -> &'static str {
+    match e {
+        QosError::InvalidQuantity { .. }
+        | QosError::UnknownResource(_)
+        | QosError::InvalidRequest(_)
+        | QosError::UnknownPriorityClass(_) => "invalid",
+        QosError::InvalidConfig(_) | QosError::Discovery(_) | QosError::Gpu(_) => "config",
+        QosError::Forbidden { .. } => "forbidden",
+        QosError::LimitRangeViolation { .. } => "limit_range",
+        QosError::QuotaExceeded { .. } => "quota",
+        QosError::ExceedsCapacity { .. } | QosError::Insufficient { .. } => "capacity",
+        QosError::Overloaded { .. } => "overloaded",
+        QosError::CircuitOpen { .. } => "circuit_open",
+        QosError::Timeout { .. } => "timeout",
+        QosError::NotHeld(_) => "not_held",
+        QosError::Shutdown => "shutdown",
+        #[allow(unreachable_patterns)]
+        _ => "error",
     }
 }

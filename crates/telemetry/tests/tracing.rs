@@ -124,3 +124,40 @@ async fn logs_carry_the_task_local_or_trace_correlation_id() {
     let req = spans.iter().find(|s| s.name == "request").unwrap();
     assert_eq!(req.span_context.trace_id().to_string(), trace_id.as_str());
 }
+
+#[tokio::test]
+async fn admissions_are_spans_with_outcome_and_no_principal() {
+    use strata_resource_qos::{AllocationRequest, PriorityClass, ResourceKind, ResourceManager};
+    let exporter = InMemorySpanExporter::default();
+    let pipeline = TracingPipeline::new(TracingConfig::new("telemetry-test").span_exporter(exporter.clone())).unwrap();
+    let subscriber = tracing_subscriber::registry().with(pipeline.otel_layer());
+    let _guard = tracing::subscriber::set_default(subscriber);
+
+    let manager = ResourceManager::builder()
+        .capacity(ResourceKind::Cpu, 4_000)
+        .priority_class(PriorityClass::new("batch", 100).global_default())
+        .build()
+        .unwrap();
+    let req = |cpu| {
+        AllocationRequest::new("ml", SECRET_ID)
+            .request(ResourceKind::Cpu, cpu)
+            .timeout(std::time::Duration::from_millis(20))
+    };
+    let held = manager.allocate(req(3_000)).await.unwrap();
+    assert!(manager.allocate(req(3_000)).await.is_err(), "no room while the first job holds 3 of 4 CPUs");
+    drop(held);
+    pipeline.flush().unwrap();
+
+    let spans = exporter.get_finished_spans().unwrap();
+    let admissions: Vec<&SpanData> = spans.iter().filter(|s| s.name == "resource.allocate").collect();
+    assert_eq!(admissions.len(), 2);
+    assert_eq!(attr(admissions[0], "resource.namespace"), Some(Value::from("ml")));
+    assert_eq!(attr(admissions[0], "resource.outcome"), Some(Value::from("admitted")));
+    assert_eq!(attr(admissions[1], "resource.outcome"), Some(Value::from("timeout")));
+    for s in &admissions {
+        for kv in &s.attributes {
+            assert!(!kv.value.to_string().contains("alice"), "{} leaks the principal", kv.key);
+        }
+    }
+    pipeline.shutdown().unwrap();
+}
