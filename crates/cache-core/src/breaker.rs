@@ -10,7 +10,7 @@
 //!   succeed the breaker closes, the first failure opens it again.
 //!
 //! Errors of kind [`TierErrorKind::InvalidRequest`] and [`TierErrorKind::Unsupported`] say
-//! nothing about the backend's health and do not count as failures.
+//! nothing about the backend's health and count neither as failures nor as successes.
 //!
 //! ```
 //! use std::time::Duration;
@@ -320,7 +320,13 @@ impl<T: Tier> BreakerTier<T> {
     async fn guarded<R>(&self, call: impl std::future::Future<Output = Result<R, TierError>>) -> Result<R, TierError> {
         let Ok(permit) = self.breaker.try_call() else { return Err(self.open_error()) };
         let r = call.await;
-        permit.record(r.as_ref().map_or_else(|e| !counts_as_failure(e), |_| true));
+        match &r {
+            Ok(_) => permit.record(true),
+            Err(e) if counts_as_failure(e) => permit.record(false),
+            // Says nothing about the backend (a request it refused, an unsupported operation):
+            // neither a success nor a failure, and never a successful half-open probe.
+            Err(_) => drop(permit),
+        }
         r
     }
 }
@@ -441,6 +447,56 @@ mod tests {
         ] {
             assert!(CircuitBreaker::new(bad).is_err());
         }
+    }
+
+    /// Refuses every request as invalid (an error that says nothing about the backend).
+    struct Refusing;
+
+    #[async_trait]
+    impl Tier for Refusing {
+        fn name(&self) -> &str {
+            "refusing"
+        }
+        async fn get(&self, _: &Key) -> Result<Option<Bytes>, TierError> {
+            Err(TierError::new("refusing", TierErrorKind::InvalidRequest, "too large"))
+        }
+        async fn set(&self, _: &Key, _: &StoredEntry) -> Result<(), TierError> {
+            Err(TierError::new("refusing", TierErrorKind::Unavailable, "down"))
+        }
+        async fn delete(&self, _: &Key) -> Result<(), TierError> {
+            Ok(())
+        }
+        async fn health(&self) -> TierHealth {
+            TierHealth::Healthy
+        }
+    }
+
+    #[tokio::test]
+    async fn refused_requests_are_not_successful_probes() {
+        let tier = BreakerTier::new(Refusing, cfg()).unwrap();
+        let key = Key::new("c", crate::key::Namespace::new("ns").unwrap(), "k").unwrap();
+        let entry = StoredEntry {
+            meta: crate::expiry::new_meta(
+                &crate::options::EntryOptions::default(),
+                crate::clock::Timestamp(0),
+                Duration::ZERO,
+                false,
+                1,
+                0.5,
+            ),
+            frame: Bytes::new(),
+        };
+        for _ in 0..4 {
+            assert!(tier.set(&key, &entry).await.is_err());
+        }
+        assert_eq!(tier.state(), BreakerState::Open);
+        tokio::time::sleep(Duration::from_millis(40)).await;
+        for _ in 0..5 {
+            assert_eq!(tier.get(&key).await.unwrap_err().kind(), TierErrorKind::InvalidRequest);
+        }
+        assert_eq!(tier.state(), BreakerState::HalfOpen, "invalid requests neither close nor reopen it");
+        assert_eq!(tier.set(&key, &entry).await.unwrap_err().kind(), TierErrorKind::Unavailable);
+        assert_eq!(tier.state(), BreakerState::Open, "a real failure while half-open reopens it");
     }
 
     #[tokio::test]

@@ -109,6 +109,9 @@ struct Inner<K, V> {
     /// When each `(namespace, tag)` was last invalidated: older entries carrying it are misses.
     tag_times: RwLock<HashMap<(String, String), Timestamp>>,
     has_tag_times: AtomicBool,
+    /// Entries carrying any tag created at or before this (ms) are misses: set when old tag
+    /// times are forgotten, so forgetting never brings invalidated entries back.
+    tag_floor: AtomicU64,
 }
 
 impl<K, V> Drop for Inner<K, V> {
@@ -369,6 +372,7 @@ where
             key_hasher: self.key_hasher,
             tag_times: RwLock::new(HashMap::new()),
             has_tag_times: AtomicBool::new(false),
+            tag_floor: AtomicU64::new(0),
         });
         if let Some(bus) = &inner.bus {
             let sub = bus.subscribe().await?;
@@ -581,8 +585,12 @@ where
                 }
             }
         }
+        // Epochs before any tier read: a key invalidated while its batch is in flight is neither
+        // put in L1 nor copied into the upper tiers.
         let mut pending: Vec<(usize, Key)> = Vec::with_capacity(missing.len());
+        let mut epochs = vec![0u64; keys.len()];
         for i in missing {
+            epochs[i] = inner.epochs.get(&self.ns, &keys[i]);
             pending.push((i, inner.storage_key(&self.ns, &keys[i])?));
         }
         for (ti, tier) in inner.tiers.iter().enumerate() {
@@ -626,8 +634,10 @@ where
                 };
                 inner.observers.emit(&CacheEvent::Hit { cache: &inner.name, tier: tier.name() });
                 let value = value.map(Arc::new);
-                inner.fill_l1(&self.ns, keys[i].clone(), value.clone(), Arc::new(meta.clone()), Some(bytes.len()));
-                fills.push((skey, StoredEntry { meta, frame: bytes }));
+                if inner.epochs.get(&self.ns, &keys[i]) == epochs[i] {
+                    inner.fill_l1(&self.ns, keys[i].clone(), value.clone(), Arc::new(meta.clone()), Some(bytes.len()));
+                    fills.push((skey, StoredEntry { meta, frame: bytes }));
+                }
                 out[i] = value;
             }
             if !fills.is_empty() {
@@ -703,6 +713,10 @@ where
     /// dropped, each tier deletes what it can ([`Tier::invalidate_tag`]), entries created
     /// before now that still carry the tag are treated as misses wherever they are read, and
     /// other instances are told over the bus.
+    ///
+    /// A tier that failed to delete (unreachable, breaker open) makes this return its error after
+    /// everything else was done: the entries are hidden but still stored there, and the caller may
+    /// want to retry once the tier is back.
     pub async fn invalidate_tag(&self, tag: &str) -> Result<(), CacheError> {
         validate_tag(tag)?;
         let inner = &self.inner;
@@ -710,19 +724,23 @@ where
         async {
             inner.apply_tag_invalidation(&self.ns, tag);
             let deletes = inner.tiers.iter().map(|t| t.invalidate_tag(&inner.name, self.ns.as_str(), tag));
+            let mut failed = None;
             for r in join_all(deletes).await {
                 match r {
                     Ok(_) => {}
                     Err(e) if e.kind() == crate::error::TierErrorKind::Unsupported => {}
-                    Err(err) => inner.observers.emit(&CacheEvent::TierError { cache: &inner.name, error: &err }),
+                    Err(err) => {
+                        inner.observers.emit(&CacheEvent::TierError { cache: &inner.name, error: &err });
+                        failed.get_or_insert(err);
+                    }
                 }
             }
             inner.observers.emit(&CacheEvent::TagInvalidated { cache: &inner.name });
             inner.publish(&self.ns, InvalidationTarget::Tag(tag.to_owned())).await;
+            failed.map_or(Ok(()), |e| Err(CacheError::Tier(e)))
         }
         .instrument(span)
-        .await;
-        Ok(())
+        .await
     }
 
     /// Whether remote tiers see hashed key ids ([`CacheBuilder::key_id_hasher`]).
@@ -786,6 +804,9 @@ where
         if meta.tags.is_empty() || !self.has_tag_times.load(Ordering::Acquire) {
             return false;
         }
+        if meta.created.0 <= self.tag_floor.load(Ordering::Acquire) {
+            return true;
+        }
         let times = self.tag_times.read();
         meta.tags.iter().any(|t| {
             // `<=`: within the clock's millisecond, err on the side of a miss rather than stale data.
@@ -804,6 +825,8 @@ where
                 all.sort_unstable();
                 let cut = all[all.len() / 2];
                 times.retain(|_, t| *t > cut);
+                // Everything tagged from before the forgotten invalidations stays invalid.
+                self.tag_floor.fetch_max(cut.0, Ordering::AcqRel);
             }
             times.insert((ns.as_str().to_owned(), tag.to_owned()), now);
             self.has_tag_times.store(true, Ordering::Release);
@@ -935,8 +958,11 @@ where
                 span.record("cache.hit", true);
                 let value = value.map(Arc::new);
                 let meta = Arc::new(meta);
-                let entry = StoredEntry { meta: (*meta).clone(), frame: bytes.clone() };
-                self.settle_tier_writes(self.tiers[..i].iter().map(|t| t.set(skey, &entry))).await;
+                if self.epochs.get(ns, key) == epoch {
+                    // Not after an invalidation of this key: that would resurrect deleted data.
+                    let entry = StoredEntry { meta: (*meta).clone(), frame: bytes.clone() };
+                    self.settle_tier_writes(self.tiers[..i].iter().map(|t| t.set(skey, &entry))).await;
+                }
                 if self.epochs.get(ns, key) == epoch {
                     self.fill_l1(ns, key.clone(), value.clone(), meta.clone(), Some(bytes.len()));
                 }
@@ -984,9 +1010,20 @@ where
         if let (Some((lock, opts)), None) = (&self.lock, newer_than) {
             match lock.try_acquire(&skey, opts.ttl).await {
                 Ok(Some(token)) => {
+                    // Released when this future ends, however it ends (a cancelled caller must
+                    // not leave the fleet waiting for the lock's TTL).
+                    let mut held = HeldLock { lock: lock.clone(), key: skey.clone(), token: Some(token) };
                     self.observers.emit(&CacheEvent::LockAcquired { cache: &self.name });
-                    let r = self.clone().load(ns, key, skey.clone(), load, fallback, epoch).await;
-                    if let Err(err) = lock.release(&skey, &token).await {
+                    // The previous holder may have written the value between our miss and our
+                    // acquisition: look once more before loading.
+                    let (hit, _) = self.read_tiers(&ns, &key, &skey, self.clock.now(), None, epoch).await;
+                    let r = match hit {
+                        Some(hit) => Ok(hit.value),
+                        None => self.clone().load(ns, key, skey.clone(), load, fallback, epoch).await,
+                    };
+                    if let Some(token) = held.token.take()
+                        && let Err(err) = lock.release(&skey, &token).await
+                    {
                         self.observers.emit(&CacheEvent::TierError { cache: &self.name, error: &err });
                     }
                     return r;
@@ -1240,8 +1277,11 @@ where
                 self.observers.emit(&CacheEvent::InvalidationReceived { cache: &self.name });
                 let ns = Namespace::new(&m.namespace).ok();
                 if let (InvalidationTarget::Tag(tag), Some(ns)) = (&m.target, &ns) {
-                    // Also hides entries carrying the tag when read from tiers later.
-                    self.apply_tag_invalidation(ns, tag);
+                    // Also hides entries carrying the tag when read from tiers later. A tag no
+                    // local call would accept cannot have been set here: ignore it.
+                    if validate_tag(tag).is_ok() {
+                        self.apply_tag_invalidation(ns, tag);
+                    }
                     return;
                 }
                 let Some(l1) = &self.l1 else { return };
@@ -1278,6 +1318,25 @@ where
         self.epochs.bump_all();
         if let Some(l1) = &self.l1 {
             l1.clear();
+        }
+    }
+}
+
+/// A held fleet-wide load lock: released in the background if the future holding it is dropped
+/// before it released it.
+struct HeldLock {
+    lock: Arc<dyn LoadLock>,
+    key: Key,
+    token: Option<crate::lock::LockToken>,
+}
+
+impl Drop for HeldLock {
+    fn drop(&mut self) {
+        if let (Some(token), Ok(rt)) = (self.token.take(), tokio::runtime::Handle::try_current()) {
+            let (lock, key) = (self.lock.clone(), self.key.clone());
+            rt.spawn(async move {
+                let _ = lock.release(&key, &token).await;
+            });
         }
     }
 }

@@ -270,3 +270,111 @@ async fn invalidate_by_id_and_l1_keys() {
     assert!(matches!(cache.invalidate_id("not a number").await, Err(CacheError::InvalidKey(_))));
     assert!(cache.codec_names().is_empty());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancelled_lock_holder_releases_the_lock() {
+    let tier = MemoryTier::new("shared");
+    let lock = Arc::new(SharedLock::default());
+    let cache = Cache::<u64, String>::builder("cancel")
+        .tier(Arc::new(tier))
+        .serializer(Postcard)
+        .load_lock(lock.clone(), LockOptions::default())
+        .loader(FnLoader::new(|k: u64| async move {
+            tokio::time::sleep(Duration::from_secs(5)).await;
+            Ok(Some(format!("v{k}")))
+        }))
+        .build()
+        .await
+        .unwrap();
+    let r = tokio::time::timeout(Duration::from_millis(50), cache.get_or_load(&1)).await;
+    assert!(r.is_err(), "the caller gave up");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(1);
+    while !lock.held.lock().is_empty() {
+        assert!(tokio::time::Instant::now() < deadline, "the lock outlived its cancelled holder");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// A tier whose reads take a while (to race an invalidation against them).
+#[derive(Clone)]
+struct SlowTier(MemoryTier);
+
+#[async_trait]
+impl Tier for SlowTier {
+    fn name(&self) -> &str {
+        "slow"
+    }
+    async fn get(&self, key: &Key) -> Result<Option<Bytes>, TierError> {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        self.0.get(key).await
+    }
+    async fn get_many(&self, keys: &[Key]) -> Result<Vec<Option<Bytes>>, TierError> {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        self.0.get_many(keys).await
+    }
+    async fn set(&self, key: &Key, entry: &StoredEntry) -> Result<(), TierError> {
+        self.0.set(key, entry).await
+    }
+    async fn delete(&self, key: &Key) -> Result<(), TierError> {
+        self.0.delete(key).await
+    }
+    async fn health(&self) -> TierHealth {
+        TierHealth::Healthy
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reads_racing_an_invalidation_do_not_write_the_old_value_back() {
+    let l2 = MemoryTier::new("l2");
+    let l3 = SlowTier(MemoryTier::new("l3"));
+    let cache = Cache::<u64, String>::builder("race")
+        .tier(Arc::new(l2.clone()))
+        .tier(Arc::new(l3.clone()))
+        .serializer(Postcard)
+        .options(opts())
+        .build()
+        .await
+        .unwrap();
+    for batch in [false, true] {
+        cache.set(1, "old".into()).await.unwrap();
+        let skey = Key::new("race", Namespace::default_namespace(), "1").unwrap();
+        l2.delete(&skey).await.unwrap(); // only the slow L3 has it now
+        cache.clear_l1();
+        let reader = {
+            let cache = cache.clone();
+            tokio::spawn(async move {
+                if batch { cache.get_many(&[1]).await.unwrap().remove(0) } else { cache.get(&1).await.unwrap() }
+            })
+        };
+        tokio::time::sleep(Duration::from_millis(30)).await;
+        cache.invalidate(&1).await.unwrap(); // while the read is in flight
+        let _ = reader.await.unwrap();
+        assert!(l2.raw(&skey).is_none(), "batch={batch}: the invalidated value was copied back into L2");
+        assert!(
+            cache.l1().unwrap().get(cache.namespace(), &1, SystemClock.now()).is_none(),
+            "batch={batch}: the invalidated value was put in L1"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_tier_that_cannot_delete_a_tag_is_reported_and_its_copies_stay_hidden() {
+    let ok = MemoryTier::new("ok");
+    let flaky = MemoryTier::new("flaky");
+    let cache = Cache::<u64, String>::builder("tagfail")
+        .no_l1()
+        .tier(Arc::new(ok.clone()))
+        .tier(Arc::new(flaky.clone()))
+        .serializer(Postcard)
+        .options(opts())
+        .build()
+        .await
+        .unwrap();
+    cache.set_with(1, "tagged".into(), &opts().tag("t")).await.unwrap();
+    flaky.set_failing(true);
+    let err = cache.invalidate_tag("t").await.unwrap_err();
+    assert!(matches!(err, CacheError::Tier(_)), "{err}");
+    flaky.set_failing(false);
+    assert_eq!(flaky.len(), 1, "the flaky tier still stores the entry");
+    assert_eq!(cache.get(&1).await.unwrap(), None, "but it is never served");
+}

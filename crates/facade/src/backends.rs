@@ -71,13 +71,23 @@ impl CacheObserver for Fanout {
     }
 }
 
-/// A URL without its password, for logs and `/topology`.
-#[cfg_attr(not(any(feature = "redis", feature = "sql")), allow(dead_code))]
-pub(crate) fn redact(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
+/// A URL without its credentials (user info and query string), for logs, errors and
+/// `/topology`.
+///
+/// ```
+/// assert_eq!(strata::backends::redact("postgres://app:s3cret@db/x?sslpassword=p"), "postgres://***@db/x?***");
+/// ```
+pub fn redact(url: &str) -> String {
+    // The query may carry credentials (`?password=...`, `sslpassword`): drop it whole.
+    let (url, query) = match url.split_once('?') {
+        Some((u, _)) => (u, "?***"),
+        None => (url, ""),
+    };
+    let base = match (url.find("://"), url.rfind('@')) {
         (Some(s), Some(at)) if at > s => format!("{}***{}", &url[..s + 3], &url[at..]),
         _ => url.to_owned(),
-    }
+    };
+    format!("{base}{query}")
 }
 
 #[cfg_attr(not(any(feature = "redis", feature = "sql")), allow(unused_variables, unused_mut, clippy::unused_async))]

@@ -254,7 +254,14 @@ impl StrataConfig {
                 .map_err(|e| ConfigError::new("STRATA_CONFIG", format!("cannot read {}: {e}", p.display())))?,
             None => String::new(),
         };
-        Self::from_toml_with_env(&text, std::env::vars().filter(|(k, _)| k.starts_with("STRATA_")))
+        // `vars_os`: a non-UTF-8 variable elsewhere in the environment must not panic here.
+        let mut vars = Vec::new();
+        for (k, v) in std::env::vars_os() {
+            let Some(k) = k.to_str().filter(|k| k.starts_with("STRATA_")).map(str::to_owned) else { continue };
+            let v = v.into_string().map_err(|_| ConfigError::new(k.clone(), "value is not valid UTF-8"))?;
+            vars.push((k, v));
+        }
+        Self::from_toml_with_env(&text, vars)
     }
 
     /// Loads from `$STRATA_CONFIG` if set, else defaults, plus the environment.
@@ -305,7 +312,8 @@ impl StrataConfig {
             let urls = r.url.iter().map(|u| ("redis.url", u)).chain(r.cluster.iter().map(|u| ("redis.cluster", u)));
             for (field, u) in urls {
                 if !(u.starts_with("redis://") || u.starts_with("rediss://")) {
-                    return Err(ConfigError::new(field, format!("{u:?} is not a Redis URL (redis://host:port)")));
+                    let shown = crate::backends::redact(u);
+                    return Err(ConfigError::new(field, format!("{shown:?} is not a Redis URL (redis://host:port)")));
                 }
             }
             match (&r.url, r.cluster.is_empty()) {
