@@ -327,15 +327,25 @@ impl StrataConfig {
                 return Err(ConfigError::new("redis.pool_size", "must be greater than zero"));
             }
         }
-        if let Some(sql) = &self.sql
-            && !["sqlite:", "postgres://", "postgresql://", "mysql://", "mariadb://"]
+        if let Some(sql) = &self.sql {
+            if !["sqlite:", "postgres://", "postgresql://", "mysql://", "mariadb://"]
                 .iter()
                 .any(|p| sql.url.starts_with(p))
-        {
-            return Err(ConfigError::new(
-                "sql.url",
-                format!("{:?} is not a SQL URL (sqlite://path, postgres://..., mysql://...)", sql.url),
-            ));
+            {
+                return Err(ConfigError::new(
+                    "sql.url",
+                    format!(
+                        "{:?} is not a SQL URL (sqlite://path, postgres://..., mysql://...)",
+                        crate::backends::redact(&sql.url)
+                    ),
+                ));
+            }
+            if let Some(d) = sql.sweep_interval
+                && !d.0.is_zero()
+                && d.0 < Duration::from_secs(1)
+            {
+                return Err(ConfigError::new("sql.sweep_interval", "must be 0s (off) or at least 1s"));
+            }
         }
         if let Some(a) = &self.admin {
             a.listen.parse::<std::net::SocketAddr>().map_err(|e| {
@@ -360,7 +370,24 @@ fn apply_env(table: &mut toml::Table, var: &str, value: &str) -> Result<(), Conf
         let parts: Vec<&str> = c.split("__").collect();
         match parts.as_slice() {
             [name, field] if !name.is_empty() && !field.is_empty() => {
-                vec!["caches".into(), (*name).to_owned(), (*field).to_owned()]
+                // Variable names are upper case, cache names may not be: an override applies to
+                // the file's cache whose name matches ignoring case (ambiguity is an error).
+                let existing: Vec<String> = table
+                    .get("caches")
+                    .and_then(toml::Value::as_table)
+                    .map(|t| t.keys().filter(|k| k.eq_ignore_ascii_case(name)).cloned().collect())
+                    .unwrap_or_default();
+                let name = match existing.as_slice() {
+                    [] => (*name).to_owned(),
+                    [one] => one.clone(),
+                    _ => {
+                        return Err(ConfigError::new(
+                            var,
+                            format!("matches several caches ignoring case: {}", existing.join(", ")),
+                        ));
+                    }
+                };
+                vec!["caches".into(), name, (*field).to_owned()]
             }
             _ => return Err(ConfigError::new(var, "expected STRATA_CACHES__<NAME>__<FIELD>")),
         }
@@ -453,6 +480,14 @@ mod tests {
         assert_eq!(c.l1.max_entries, Some(42));
         assert_eq!(c.entry_options_for("rules").ttl, Duration::from_secs(1800));
         assert_eq!(c.caches["new"].preset, Some(Preset::Analytics));
+        // Mixed-case cache names in the file are found by their upper-case variables.
+        let c3 = StrataConfig::from_toml_with_env(
+            "[caches.userProfiles]\nttl = \"10m\"",
+            env(&[("STRATA_CACHES__USERPROFILES__TTL", "1m")]),
+        )
+        .unwrap();
+        assert_eq!(c3.caches.len(), 1);
+        assert_eq!(c3.entry_options_for("userProfiles").ttl, Duration::from_secs(60));
     }
 
     #[test]
@@ -470,6 +505,9 @@ mod tests {
             ("[redis]\nurl = \"redis://a:1\"\ncluster = [\"redis://b:1\"]", &[], "not both"),
             ("[sql]\nurl = \"oracle://x\"", &[], "sql.url"),
             ("[admin]\nlisten = \"nowhere\"", &[], "admin.listen"),
+            ("[sql]\nurl = \"sqlite://x\"\nsweep_interval = \"1ms\"", &[], "sql.sweep_interval"),
+            ("[caches.ab]\n[caches.AB]", &[("STRATA_CACHES__AB__TTL", "1m")], "several caches"),
+            ("[sql]\nurl = \"postgress://app:s3cret@db/x\"", &[], "postgress://***@db/x"),
             ("", &[("STRATA_REDIS_ULR", "x")], "ulr"),
             ("", &[("STRATA_TURBO", "1")], "STRATA_TURBO"),
             ("", &[("STRATA_CACHES__X", "1")], "STRATA_CACHES__X"),
