@@ -6,8 +6,21 @@
 //! [`WriteBehind::shutdown`] or when the last handle is dropped — takes acknowledged writes in
 //! order, coalesces them per key (the last write of a batch wins), writes them with
 //! [`Writer::write_many`] / [`Writer::delete`], retries failures with exponential backoff and
-//! jitter (forever: a write is never dropped), and then records a checkpoint so the journal
-//! can drop the segments the source has confirmed.
+//! jitter, and then records a checkpoint so the journal can drop the segments the source has
+//! confirmed.
+//!
+//! **Poison entries**: when a part of a batch fails `max_attempts_before_split` times in a row
+//! (an error or a panic of the writer), it is split in halves that are retried separately, down
+//! to single entries, so that one entry the source always rejects (a constraint violation, an
+//! oversized row) cannot block the others. A single entry that still fails after its attempts
+//! is appended to `dead-letter.jsonl` in the journal directory (one JSON object per line, key
+//! and value as hex postcard bytes), counted in [`WriteBehind::dead_lettered`], logged (without
+//! key, value or error text) and treated as confirmed — **but only once the source is known to
+//! be up**: some other write succeeded after this entry started failing (so the source rejects
+//! this entry, not everything), or it has failed for `dead_letter_after` (default 5 minutes).
+//! A source outage therefore never dead-letters good writes before `dead_letter_after`: the
+//! flusher keeps retrying with backoff and `set` applies backpressure. If the dead-letter file
+//! cannot be written, the entry keeps being retried.
 //!
 //! Keys and values are stored in the journal as [postcard](https://docs.rs/postcard) bytes, so
 //! `K` and `V` need serde's `Serialize + DeserializeOwned`. Changing their serde shape while
@@ -26,11 +39,14 @@
 //! One process per journal directory.
 
 use std::collections::{HashMap, VecDeque};
+use std::io::Write;
+use std::panic::AssertUnwindSafe;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+use futures::FutureExt;
 use futures::future::join_all;
 use parking_lot::Mutex;
 use serde::Serialize;
@@ -71,6 +87,12 @@ pub struct WriteBehindConfig {
     pub retry_base: Duration,
     /// The longest retry delay (default 10 s).
     pub retry_max: Duration,
+    /// Consecutive failed attempts of a part of a batch before it is split in halves, or, for a
+    /// single entry, moved to the dead-letter file (default 5).
+    pub max_attempts_before_split: u32,
+    /// How long a single entry may keep failing, with no other write succeeding meanwhile,
+    /// before it is dead-lettered anyway (default 5 minutes).
+    pub dead_letter_after: Duration,
     /// Receives [`CacheEvent::WriteBehindBacklog`] and [`CacheEvent::WriteBehindFlush`].
     pub observer: Option<Arc<dyn CacheObserver>>,
 }
@@ -88,6 +110,8 @@ impl std::fmt::Debug for WriteBehindConfig {
             .field("batch_delay", &self.batch_delay)
             .field("retry_base", &self.retry_base)
             .field("retry_max", &self.retry_max)
+            .field("max_attempts_before_split", &self.max_attempts_before_split)
+            .field("dead_letter_after", &self.dead_letter_after)
             .field("observer", &self.observer.is_some())
             .finish()
     }
@@ -107,6 +131,8 @@ impl WriteBehindConfig {
             batch_delay: Duration::from_millis(5),
             retry_base: Duration::from_millis(50),
             retry_max: Duration::from_secs(10),
+            max_attempts_before_split: 5,
+            dead_letter_after: Duration::from_secs(300),
             observer: None,
         }
     }
@@ -160,6 +186,20 @@ impl WriteBehindConfig {
         self
     }
 
+    /// Sets how many consecutive failures of a batch part lead to a split (or, for a single
+    /// entry, to the dead-letter file).
+    pub fn max_attempts_before_split(mut self, n: u32) -> Self {
+        self.max_attempts_before_split = n;
+        self
+    }
+
+    /// Sets how long a lone failing entry is retried, with no other write succeeding, before it
+    /// is dead-lettered anyway.
+    pub fn dead_letter_after(mut self, d: Duration) -> Self {
+        self.dead_letter_after = d;
+        self
+    }
+
     /// Sets the observer.
     pub fn observer(mut self, o: Arc<dyn CacheObserver>) -> Self {
         self.observer = Some(o);
@@ -182,6 +222,9 @@ impl WriteBehindConfig {
         }
         if self.retry_base.is_zero() || self.retry_max < self.retry_base {
             return Err(ConfigError::new("write_behind.retry", "need 0 < retry_base <= retry_max"));
+        }
+        if self.max_attempts_before_split == 0 {
+            return Err(ConfigError::new("write_behind.max_attempts_before_split", "must be at least 1"));
         }
         if let SyncPolicy::Batched { max_delay } = self.sync
             && max_delay > Duration::from_secs(10)
@@ -222,6 +265,9 @@ struct Shared<K, V> {
     flushed: AtomicU64,
     retries: AtomicU64,
     batches: AtomicU64,
+    dead_lettered: AtomicU64,
+    /// Successful source writes (evidence that the source is up when one entry keeps failing).
+    successes: AtomicU64,
     confirmed: watch::Sender<u64>,
     closing: AtomicBool,
     stripes: Stripes,
@@ -324,6 +370,8 @@ where
             flushed: AtomicU64::new(0),
             retries: AtomicU64::new(0),
             batches: AtomicU64::new(0),
+            dead_lettered: AtomicU64::new(0),
+            successes: AtomicU64::new(0),
             confirmed: watch::Sender::new(confirmed),
             closing: AtomicBool::new(false),
             stripes: Stripes::new(),
@@ -356,6 +404,7 @@ where
             return Err(ConsistencyError::TooLarge { size, limit: MAX_PAYLOAD_LEN });
         }
         let s = self.shared.clone();
+        let ack_key = key.clone();
         // The cache write and the journal append run as one task, so that a caller that stops
         // waiting cannot leave a value in the cache that never reaches the journal.
         let (stored, seq) = spawn_critical(async move {
@@ -380,7 +429,12 @@ where
             }
         })
         .await?;
-        self.acknowledge(seq).await?;
+        if let Err(e) = self.acknowledge(seq).await {
+            // The journal failed before the write was durable: the source may never get the
+            // value, so the cache must not keep it either.
+            let _ = self.shared.cache.invalidate(&ack_key).await;
+            return Err(e);
+        }
         Ok(stored)
     }
 
@@ -448,7 +502,8 @@ where
         self.shared.backlog.load(Ordering::Acquire)
     }
 
-    /// Writes confirmed by the source (before coalescing: N writes to one key count N).
+    /// Writes confirmed by the source (before coalescing: N writes to one key count N; writes
+    /// whose entry was dead-lettered count too).
     pub fn flushed(&self) -> u64 {
         self.shared.flushed.load(Ordering::Relaxed)
     }
@@ -456,6 +511,13 @@ where
     /// Failed source batches that were retried.
     pub fn retries(&self) -> u64 {
         self.shared.retries.load(Ordering::Relaxed)
+    }
+
+    /// Entries the source kept rejecting (or the writer panicked on) even when written alone;
+    /// they were appended to `dead-letter.jsonl` in the journal directory and treated as
+    /// confirmed.
+    pub fn dead_lettered(&self) -> u64 {
+        self.shared.dead_lettered.load(Ordering::Relaxed)
     }
 
     /// Source batches written successfully.
@@ -475,6 +537,32 @@ where
     }
 }
 
+/// The dead-letter file's name, in the journal directory.
+pub const DEAD_LETTER_FILE: &str = "dead-letter.jsonl";
+
+/// Splits a lane part in two non-empty halves (it holds at least two entries).
+fn split_lane<K, V>((mut puts, mut deletes): Lane<K, V>) -> (Lane<K, V>, Lane<K, V>) {
+    if !puts.is_empty() && !deletes.is_empty() {
+        return ((puts, Vec::new()), (Vec::new(), deletes));
+    }
+    if deletes.is_empty() {
+        let rest = puts.split_off(puts.len() / 2);
+        ((puts, Vec::new()), (rest, Vec::new()))
+    } else {
+        let rest = deletes.split_off(deletes.len() / 2);
+        ((Vec::new(), deletes), (Vec::new(), rest))
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    use std::fmt::Write as _;
+    let mut s = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        let _ = write!(s, "{b:02x}");
+    }
+    s
+}
+
 /// Runs `fut` as its own task and waits for it (the task finishes even if the caller stops
 /// waiting).
 async fn spawn_critical<T: Send + 'static>(
@@ -488,8 +576,8 @@ async fn spawn_critical<T: Send + 'static>(
 
 impl<K, V> Shared<K, V>
 where
-    K: CacheKey,
-    V: Send + Sync + 'static,
+    K: CacheKey + Serialize,
+    V: Serialize + Send + Sync + 'static,
 {
     fn check_open(&self) -> Result<(), ConsistencyError> {
         if self.closing.load(Ordering::Acquire) {
@@ -579,31 +667,137 @@ where
         Ok(())
     }
 
-    /// Writes one lane of a batch, retrying with backoff until the source accepts it.
-    async fn write_with_retry(&self, puts: &[(K, V)], deletes: &[K]) {
-        let entries = puts.len() + deletes.len();
-        let mut attempt = 0u32;
-        loop {
-            let started = Instant::now();
-            let r = self.write_to_source(puts, deletes).await;
-            let duration = started.elapsed();
-            if let Some(o) = &self.cfg.observer {
-                o.on_event(&CacheEvent::WriteBehindFlush { cache: &self.name, entries, duration, ok: r.is_ok() });
+    /// Writes one lane of a batch: retries with backoff; a part that fails
+    /// `max_attempts_before_split` times in a row is split in halves, and a single entry that
+    /// still fails is dead-lettered. Returns the number of dead-lettered entries.
+    async fn write_lane(&self, puts: Vec<(K, V)>, deletes: Vec<K>) -> usize {
+        let budget = self.cfg.max_attempts_before_split.max(1);
+        let mut dead = 0;
+        // Parts to write (last = next) with the backoff step they carry: backoff keeps growing
+        // across splits, so that an outage is not mistaken for poison entries too quickly.
+        // Each part carries when it started failing and the success count then (evidence).
+        type Part<K, V> = (Lane<K, V>, u32, Option<(Instant, u64)>);
+        let mut work: Vec<Part<K, V>> = vec![((puts, deletes), 0, None)];
+        while let Some(((puts, deletes), mut step, mut failing_since)) = work.pop() {
+            let entries = puts.len() + deletes.len();
+            if entries == 0 {
+                continue;
             }
-            match r {
-                Ok(()) => return,
-                Err(error) => {
-                    self.retries.fetch_add(1, Ordering::Relaxed);
-                    let delay = self.backoff(attempt);
-                    tracing::warn!(
-                        cache = %self.name, entries, attempt, retry_in_ms = delay.as_millis() as u64, %error,
-                        "write-behind: source write failed; retrying"
-                    );
-                    attempt = attempt.saturating_add(1);
-                    tokio::time::sleep(delay).await;
+            let mut failures = 0u32;
+            loop {
+                let started = Instant::now();
+                let r = AssertUnwindSafe(self.write_to_source(&puts, &deletes)).catch_unwind().await;
+                let duration = started.elapsed();
+                // Only the kind of failure is logged: writer errors and panic messages may
+                // contain keys or values.
+                let failure = match &r {
+                    Ok(Ok(())) => None,
+                    Ok(Err(_)) => Some("error"),
+                    Err(_) => Some("panic"),
+                };
+                if let Some(o) = &self.cfg.observer {
+                    o.on_event(&CacheEvent::WriteBehindFlush {
+                        cache: &self.name,
+                        entries,
+                        duration,
+                        ok: failure.is_none(),
+                    });
                 }
+                let Some(failure) = failure else {
+                    self.successes.fetch_add(1, Ordering::AcqRel);
+                    break;
+                };
+                drop(r);
+                let (since, successes_then) =
+                    *failing_since.get_or_insert_with(|| (Instant::now(), self.successes.load(Ordering::Acquire)));
+                self.retries.fetch_add(1, Ordering::Relaxed);
+                failures = failures.saturating_add(1);
+                if failures >= budget {
+                    if entries > 1 {
+                        tracing::warn!(
+                            cache = %self.name, entries, failures, failure,
+                            "write-behind: batch part keeps failing; splitting it to isolate the failing entry"
+                        );
+                        let (a, b) = split_lane((puts, deletes));
+                        work.push((b, step, None));
+                        work.push((a, step, None));
+                        break;
+                    }
+                    let source_is_up = self.successes.load(Ordering::Acquire) > successes_then;
+                    if !source_is_up && since.elapsed() < self.cfg.dead_letter_after {
+                        if !work.is_empty() {
+                            // Let the other parts go first: their success (or failure) tells an
+                            // outage from a poison entry.
+                            work.insert(0, ((puts, deletes), step, failing_since));
+                            break;
+                        }
+                        // Maybe an outage, not a poison entry: keep retrying (backoff below).
+                        failures = budget - 1;
+                    } else {
+                        match self.dead_letter(&puts, &deletes) {
+                            Ok(()) => {
+                                dead += 1;
+                                let total = self.dead_lettered.fetch_add(1, Ordering::Relaxed) + 1;
+                                tracing::error!(
+                                    cache = %self.name, failures, failure, dead_lettered_total = total,
+                                    "write-behind: source keeps rejecting one entry; moved it to the dead-letter file"
+                                );
+                                break;
+                            }
+                            Err(error) => {
+                                // The I/O error names the file, not the entry.
+                                tracing::error!(
+                                    cache = %self.name, %error,
+                                    "write-behind: dead-letter file not written; retrying the entry"
+                                );
+                            }
+                        }
+                    }
+                }
+                let delay = self.backoff(step);
+                tracing::warn!(
+                    cache = %self.name, entries, attempt = failures, failure, retry_in_ms = delay.as_millis() as u64,
+                    "write-behind: source write failed; retrying"
+                );
+                step = step.saturating_add(1);
+                tokio::time::sleep(delay).await;
             }
         }
+        dead
+    }
+
+    /// Appends one entry to `dead-letter.jsonl` in the journal directory, synced.
+    fn dead_letter(&self, puts: &[(K, V)], deletes: &[K]) -> std::io::Result<()> {
+        let bad = |e: postcard::Error| std::io::Error::other(format!("dead-letter encoding failed: {e}"));
+        let unix_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+        let mut text = String::new();
+        for (k, v) in puts {
+            let line = serde_json::json!({
+                "cache": &*self.name,
+                "op": "put",
+                "key_postcard_hex": hex(&postcard::to_allocvec(k).map_err(bad)?),
+                "value_postcard_hex": hex(&postcard::to_allocvec(v).map_err(bad)?),
+                "unix_ms": unix_ms,
+            });
+            text.push_str(&line.to_string());
+            text.push('\n');
+        }
+        for k in deletes {
+            let line = serde_json::json!({
+                "cache": &*self.name,
+                "op": "delete",
+                "key_postcard_hex": hex(&postcard::to_allocvec(k).map_err(bad)?),
+                "unix_ms": unix_ms,
+            });
+            text.push_str(&line.to_string());
+            text.push('\n');
+        }
+        let path = self.journal.dir().join(DEAD_LETTER_FILE);
+        let mut f = std::fs::OpenOptions::new().create(true).append(true).open(&path)?;
+        f.write_all(text.as_bytes())?;
+        f.sync_data()
     }
 
     async fn flush_batch(&self, batch: Vec<Pending<K, V>>) {
@@ -629,7 +823,7 @@ where
                 Op::Delete(k) => part.1.push(k),
             }
         }
-        join_all(parts.iter().map(|(puts, deletes)| self.write_with_retry(puts, deletes))).await;
+        join_all(parts.into_iter().map(|(puts, deletes)| self.write_lane(puts, deletes))).await;
         self.batches.fetch_add(1, Ordering::Relaxed);
         self.flushed.fetch_add(n as u64, Ordering::Relaxed);
         self.backlog.fetch_sub(n, Ordering::AcqRel);
@@ -667,8 +861,8 @@ where
 
 async fn flusher<K, V>(s: Arc<Shared<K, V>>)
 where
-    K: CacheKey,
-    V: Send + Sync + 'static,
+    K: CacheKey + Serialize,
+    V: Serialize + Send + Sync + 'static,
 {
     let mut durable_rx = s.journal.durable_changes();
     loop {
@@ -718,6 +912,8 @@ mod tests {
         assert_eq!(c.validate().unwrap_err().field, "write_behind.max_backlog");
         let c = WriteBehindConfig::new("/tmp/x").retry(Duration::from_secs(2), Duration::from_secs(1));
         assert_eq!(c.validate().unwrap_err().field, "write_behind.retry");
+        let c = WriteBehindConfig::new("/tmp/x").max_attempts_before_split(0);
+        assert_eq!(c.validate().unwrap_err().field, "write_behind.max_attempts_before_split");
         assert!(WriteBehindConfig::new("/tmp/x").validate().is_ok());
     }
 }

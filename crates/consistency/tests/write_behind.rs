@@ -334,3 +334,210 @@ async fn torn_segment_creation_is_removed_and_everything_replayed() {
     wb.flush().await.unwrap();
     assert_eq!(writer.rows.lock().len(), 20);
 }
+
+/// A source that rejects (or panics on) every batch holding `poison`; everything else goes to
+/// `inner`.
+struct PoisonWriter {
+    inner: Arc<MemWriter>,
+    poison: u64,
+    panics: bool,
+    calls_with_poison: std::sync::atomic::AtomicUsize,
+}
+
+impl PoisonWriter {
+    fn new(poison: u64, panics: bool) -> Arc<Self> {
+        Arc::new(Self { inner: MemWriter::new(), poison, panics, calls_with_poison: Default::default() })
+    }
+
+    fn check(&self, mut keys: impl Iterator<Item = u64>) -> Result<(), strata_cache_core::BoxError> {
+        if keys.any(|k| k == self.poison) {
+            self.calls_with_poison.fetch_add(1, Ordering::SeqCst);
+            assert!(!self.panics, "writer bug triggered by the poison key");
+            return Err("constraint violation: secret-value".into());
+        }
+        Ok(())
+    }
+}
+
+#[async_trait::async_trait]
+impl Writer<u64, String> for PoisonWriter {
+    async fn write(&self, key: &u64, value: &String) -> Result<(), strata_cache_core::BoxError> {
+        self.write_many(&[(*key, value.clone())]).await
+    }
+
+    async fn write_many(&self, items: &[(u64, String)]) -> Result<(), strata_cache_core::BoxError> {
+        self.check(items.iter().map(|(k, _)| *k))?;
+        self.inner.write_many(items).await
+    }
+
+    async fn delete(&self, key: &u64) -> Result<(), strata_cache_core::BoxError> {
+        self.check(std::iter::once(*key))?;
+        self.inner.delete(key).await
+    }
+}
+
+fn dead_letters(dir: &Path) -> Vec<serde_json::Value> {
+    let path = dir.join("journal").join(strata_consistency::write_behind::DEAD_LETTER_FILE);
+    std::fs::read_to_string(path).unwrap_or_default().lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+}
+
+async fn poison_entry_is_isolated_and_dead_lettered(panics: bool) {
+    let dir = tempfile::tempdir().unwrap();
+    let writer = PoisonWriter::new(7, panics);
+    // One batch of 40 keys (flush() cuts the long delay short), 2 lanes.
+    let cfg = config(dir.path())
+        .batch_delay(Duration::from_secs(10))
+        .flush_concurrency(2)
+        .max_attempts_before_split(3)
+        .max_backlog(64);
+    let (cache, _) = cache("pz").await;
+    let (wb, _) = WriteBehind::open(cache, writer.clone() as Arc<dyn Writer<u64, String>>, cfg.clone()).await.unwrap();
+    for k in 0..40u64 {
+        wb.set(k, format!("v{k}")).await.unwrap();
+    }
+    wb.delete(39).await.unwrap();
+    tokio::time::timeout(Duration::from_secs(20), wb.flush()).await.expect("flush must not hang").unwrap();
+    for k in 0..39u64 {
+        let expected = (k != 7).then(|| format!("v{k}"));
+        assert_eq!(writer.inner.get(k), expected, "key {k}");
+    }
+    assert_eq!(writer.inner.get(39), None);
+    assert_eq!(wb.dead_lettered(), 1);
+    assert_eq!(wb.backlog(), 0);
+    // The poison key was retried alone for its whole budget before it was given up.
+    assert!(
+        writer.calls_with_poison.load(Ordering::SeqCst) >= 3 * 2,
+        "{}",
+        writer.calls_with_poison.load(Ordering::SeqCst)
+    );
+    let dl = dead_letters(dir.path());
+    assert_eq!(dl.len(), 1, "{dl:?}");
+    assert_eq!(dl[0]["op"], "put");
+    assert_eq!(dl[0]["key_postcard_hex"], "07");
+    // postcard("v7") = length 2, then the bytes.
+    assert_eq!(dl[0]["value_postcard_hex"], "027637");
+    // The flusher is still alive: later writes flow, and shutdown returns.
+    wb.set(100, "later".into()).await.unwrap();
+    tokio::time::timeout(Duration::from_secs(20), wb.shutdown()).await.expect("shutdown must not hang").unwrap();
+    assert_eq!(writer.inner.get(100).as_deref(), Some("later"));
+    // The checkpoint advanced past the dead-lettered entry: nothing is replayed.
+    let (_wb, report) = open("pz", &MemWriter::new(), cfg).await.unwrap();
+    assert_eq!(report.requeued, 0, "{report:?}");
+}
+
+#[tokio::test]
+async fn an_entry_the_source_always_rejects_is_dead_lettered_and_the_rest_flows() {
+    poison_entry_is_isolated_and_dead_lettered(false).await;
+}
+
+#[tokio::test]
+async fn a_writer_panic_does_not_kill_the_flusher_or_hang_flush() {
+    poison_entry_is_isolated_and_dead_lettered(true).await;
+}
+
+#[tokio::test]
+async fn full_backlog_drains_despite_a_poison_entry() {
+    let dir = tempfile::tempdir().unwrap();
+    let writer = PoisonWriter::new(3, false);
+    let cfg = config(dir.path()).max_backlog(8).max_attempts_before_split(2).enqueue_timeout(Duration::from_secs(5));
+    let (cache, _) = cache("pb").await;
+    let (wb, _) = WriteBehind::open(cache, writer.clone() as Arc<dyn Writer<u64, String>>, cfg).await.unwrap();
+    // Many more writes than the backlog holds: each set must eventually find room.
+    for k in 0..50u64 {
+        wb.set(k, format!("v{k}")).await.unwrap();
+    }
+    tokio::time::timeout(Duration::from_secs(20), wb.flush()).await.unwrap().unwrap();
+    assert_eq!(wb.dead_lettered(), 1);
+    assert_eq!(writer.inner.rows.lock().len(), 49);
+}
+
+#[tokio::test]
+async fn torn_record_holding_a_valid_record_in_its_payload_is_a_torn_tail() {
+    use strata_consistency::journal::Record;
+    let (dir, cfg) = journal_with(5).await;
+    let seg = segments(dir.path()).last().unwrap().clone();
+    let mut bytes = std::fs::read(&seg).unwrap();
+    let clean_len = bytes.len() as u64;
+    // A record whose value happens to contain a complete, valid record.
+    let ghost_key = postcard::to_allocvec(&999u64).unwrap();
+    let ghost_value = postcard::to_allocvec(&"ghost".to_string()).unwrap();
+    let inner = Record::Put { seq: 1000, key: &ghost_key, value: &ghost_value }.encode().unwrap();
+    let mut value = vec![0xAAu8; 10];
+    value.extend_from_slice(&inner);
+    value.extend_from_slice(&[0xAAu8; 10]);
+    let key = postcard::to_allocvec(&5u64).unwrap();
+    Record::Put { seq: 6, key: &key, value: &value }.encode_into(&mut bytes).unwrap();
+    // A crash tore the write after the embedded record.
+    bytes.truncate(bytes.len() - 5);
+    std::fs::write(&seg, &bytes).unwrap();
+
+    let writer = MemWriter::new();
+    let (wb, report) = open("tt", &writer, cfg).await.expect("a torn tail, not corruption");
+    let torn = report.torn_tail.clone().expect("torn tail reported");
+    assert_eq!((torn.segment.clone(), torn.offset), (seg.clone(), clean_len));
+    assert_eq!(report.requeued, 5, "{report:?}");
+    wb.flush().await.unwrap();
+    assert_eq!(writer.get(999), None, "the embedded record is not replayed");
+    assert_eq!(writer.rows.lock().len(), 5);
+    assert_eq!(std::fs::metadata(&seg).unwrap().len(), clean_len);
+}
+
+/// Fails every write until `until`, then accepts everything: an outage, not a poison entry.
+struct OutageWriter {
+    inner: Arc<MemWriter>,
+    until: Instant,
+}
+
+#[async_trait::async_trait]
+impl Writer<u64, String> for OutageWriter {
+    async fn write(&self, key: &u64, value: &String) -> Result<(), strata_cache_core::BoxError> {
+        self.write_many(&[(*key, value.clone())]).await
+    }
+    async fn write_many(&self, items: &[(u64, String)]) -> Result<(), strata_cache_core::BoxError> {
+        if Instant::now() < self.until {
+            return Err("connection refused".into());
+        }
+        self.inner.write_many(items).await
+    }
+    async fn delete(&self, key: &u64) -> Result<(), strata_cache_core::BoxError> {
+        if Instant::now() < self.until {
+            return Err("connection refused".into());
+        }
+        self.inner.delete(key).await
+    }
+}
+
+#[tokio::test]
+async fn an_outage_longer_than_the_attempt_budget_dead_letters_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let writer =
+        Arc::new(OutageWriter { inner: MemWriter::new(), until: Instant::now() + Duration::from_millis(1500) });
+    // A tiny budget: without the "is the source up?" evidence rule, every entry would be
+    // dead-lettered within a few hundred milliseconds of the outage.
+    let cfg = config(dir.path()).max_attempts_before_split(2);
+    let (cache, _) = cache("outage").await;
+    let (wb, _) = WriteBehind::open(cache, writer.clone() as Arc<dyn Writer<u64, String>>, cfg).await.unwrap();
+    for k in 0..20u64 {
+        wb.set(k, format!("v{k}")).await.unwrap();
+    }
+    tokio::time::timeout(Duration::from_secs(20), wb.flush()).await.unwrap().unwrap();
+    assert_eq!(wb.dead_lettered(), 0, "an outage is not a poison entry");
+    assert_eq!(writer.inner.rows.lock().len(), 20, "every write reached the source after the outage");
+}
+
+#[tokio::test]
+async fn a_lone_poison_entry_is_dead_lettered_after_dead_letter_after() {
+    let dir = tempfile::tempdir().unwrap();
+    let writer = PoisonWriter::new(7, false);
+    let cfg = config(dir.path()).max_attempts_before_split(2).dead_letter_after(Duration::from_millis(300));
+    let (cache, _) = cache("lone").await;
+    let (wb, _) = WriteBehind::open(cache, writer.clone() as Arc<dyn Writer<u64, String>>, cfg).await.unwrap();
+    wb.set(7, "only".into()).await.unwrap();
+    let t = Instant::now();
+    tokio::time::timeout(Duration::from_secs(20), wb.flush()).await.unwrap().unwrap();
+    assert!(t.elapsed() >= Duration::from_millis(300), "no evidence the source is up: waited dead_letter_after");
+    assert_eq!(wb.dead_lettered(), 1);
+    wb.set(8, "after".into()).await.unwrap();
+    wb.flush().await.unwrap();
+    assert_eq!(writer.inner.get(8).as_deref(), Some("after"), "the pipeline moves on");
+}

@@ -216,6 +216,16 @@ fn decode_payload(p: &[u8]) -> Result<Record<'_>, RecordError> {
     }
 }
 
+/// The framed length a record header at the start of `buf` claims, when the header is intact
+/// (checksum matches, length within [`MAX_PAYLOAD_LEN`]).
+fn claimed_span(buf: &[u8]) -> Option<usize> {
+    if buf.len() < RECORD_HEADER_LEN || crc32fast::hash(&buf[..8]) != u32_at(buf, 8) {
+        return None;
+    }
+    let len = u32_at(buf, 0) as usize;
+    (len <= MAX_PAYLOAD_LEN).then_some(RECORD_HEADER_LEN + len)
+}
+
 /// How a scan of one segment ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ScanEnd {
@@ -270,7 +280,16 @@ pub fn scan_segment(bytes: &[u8]) -> SegmentScan<'_> {
                 at += n;
             }
             Err(error) => {
-                let valid_after = (at + 1..bytes.len()).any(|q| decode_record(&bytes[q..]).is_ok());
+                let valid_after = match claimed_span(&bytes[at..]) {
+                    // The header is intact and the record runs past the end of the file: the
+                    // write was torn. Bytes inside the claimed span are its payload (which may
+                    // well contain valid-looking records), not later records.
+                    Some(_) if matches!(error, RecordError::Truncated { .. }) => false,
+                    // An intact header with a damaged payload: only what follows the span it
+                    // claims can show that the damage is in the middle of the log.
+                    Some(span) => (at + span..bytes.len()).any(|q| decode_record(&bytes[q..]).is_ok()),
+                    None => (at + 1..bytes.len()).any(|q| decode_record(&bytes[q..]).is_ok()),
+                };
                 return SegmentScan { records, end: ScanEnd::Damaged { offset: at, error, valid_after } };
             }
         }
@@ -294,6 +313,63 @@ mod tests {
             let b = r.encode().unwrap();
             assert_eq!(decode_record(&b).unwrap(), (r, b.len()));
         }
+    }
+
+    fn segment_with(records: &[Record<'_>]) -> Vec<u8> {
+        let mut b = SEGMENT_MAGIC.to_vec();
+        for r in records {
+            r.encode_into(&mut b).unwrap();
+        }
+        b
+    }
+
+    #[test]
+    fn torn_record_with_a_valid_record_inside_its_payload_is_a_torn_tail() {
+        let inner = Record::Put { seq: 99, key: b"x", value: b"y" }.encode().unwrap();
+        let mut value = vec![7u8; 16];
+        value.extend_from_slice(&inner);
+        value.extend_from_slice(&[7u8; 16]);
+        let mut b = segment_with(&[Record::Checkpoint { confirmed: 0 }]);
+        let torn_at = b.len();
+        Record::Put { seq: 1, key: b"k", value: &value }.encode_into(&mut b).unwrap();
+        // Cut after the embedded record but before the end of the outer one.
+        b.truncate(b.len() - 8);
+        let scan = scan_segment(&b);
+        assert_eq!(scan.records.len(), 1);
+        match scan.end {
+            ScanEnd::Damaged { offset, error, valid_after } => {
+                assert_eq!(offset, torn_at);
+                assert!(matches!(error, RecordError::Truncated { .. }), "{error:?}");
+                assert!(!valid_after, "the embedded record must not count as a later record");
+            }
+            ScanEnd::Clean => panic!("expected damage"),
+        }
+    }
+
+    #[test]
+    fn damaged_payload_with_a_record_after_its_span_is_mid_log_damage() {
+        let mut b = segment_with(&[Record::Put { seq: 1, key: b"k", value: b"some value" }]);
+        let second = b.len();
+        Record::Put { seq: 2, key: b"k", value: b"other value" }.encode_into(&mut b).unwrap();
+        Record::Delete { seq: 3, key: b"k" }.encode_into(&mut b).unwrap();
+        // Damage the second record's payload; its header stays intact.
+        b[second + RECORD_HEADER_LEN + 3] ^= 0xff;
+        match scan_segment(&b).end {
+            ScanEnd::Damaged { offset, error, valid_after } => {
+                assert_eq!(offset, second);
+                assert_eq!(error, RecordError::PayloadChecksum);
+                assert!(valid_after);
+            }
+            ScanEnd::Clean => panic!("expected damage"),
+        }
+        // The same damage in the last record, with a valid record embedded in its payload, is
+        // still a tail: nothing valid follows its span.
+        let inner = Record::Delete { seq: 9, key: b"z" }.encode().unwrap();
+        let mut b = segment_with(&[Record::Checkpoint { confirmed: 0 }]);
+        let last = b.len();
+        Record::Put { seq: 1, key: b"k", value: &inner }.encode_into(&mut b).unwrap();
+        b[last + RECORD_HEADER_LEN + 1] ^= 0xff;
+        assert!(matches!(scan_segment(&b).end, ScanEnd::Damaged { offset, valid_after: false, .. } if offset == last));
     }
 
     #[test]
