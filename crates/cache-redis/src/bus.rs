@@ -7,25 +7,53 @@
 //! [`BusEvent::Resync`]: messages published while it was away are lost, so the cache clears its
 //! L1. A keepalive `PING` every few seconds detects half-open connections. The task stops when
 //! the subscription is dropped.
+//!
+//! Sharded pub/sub (cluster): when the channel's hash slot moves to another node (resharding,
+//! failover), Redis 7 unsubscribes the client with a `SUNSUBSCRIBE` push; the subscriber treats
+//! that like a lost connection (reconnect, re-subscribe on the slot's new owner, resync). The
+//! keepalive `PING` is routed to the node serving the channel's slot. Pushes are buffered in a
+//! bounded queue: when the consumer falls that far behind, further messages are dropped and a
+//! [`BusEvent::Resync`] is emitted instead, so the cache clears its L1 rather than keeping stale
+//! entries.
+//!
+//! [`PubSubMode::Auto`] asks a cluster node its version once. While it cannot tell (no node
+//! answers `INFO`, or the ACL user may not run it), it never guesses: publishing fails with a
+//! [`BusError`] and subscribers keep retrying, and the failure is remembered for a second so
+//! that publishing does not ask again on every call. During a rolling Redis 6 → 7 upgrade,
+//! processes may resolve `Auto` differently (and classic and sharded pub/sub do not see each
+//! other's messages): set the mode explicitly for the whole fleet until the upgrade is done.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use deadpool_redis::redis::{self, PushKind, Value};
+use deadpool_redis::redis::cluster_routing::{Route, RoutingInfo, SingleNodeRoutingInfo, SlotAddr};
+use deadpool_redis::redis::{self, PushInfo, PushKind, Value};
 use futures::StreamExt;
 use strata_cache_core::{BusError, BusEvent, ConfigError, Invalidation, InvalidationBus, Subscription};
-use tokio::sync::{OnceCell, mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
 
 use crate::config::{RedisConfig, redact};
 use crate::conn::{Backend, redis_error, with_timeout};
+use crate::keys;
+
+/// How many sharded pub/sub pushes wait for delivery before further ones are dropped (and a
+/// resync is emitted).
+const PUSH_QUEUE: usize = 1024;
+
+/// How long [`PubSubMode::Auto`] remembers that the server version could not be determined.
+const VERSION_RETRY: Duration = Duration::from_secs(1);
 
 /// How the channel is published and subscribed on a cluster.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PubSubMode {
     /// Sharded pub/sub (`SPUBLISH`/`SSUBSCRIBE`, Redis 7+) on a cluster, classic on a standalone
-    /// server; chosen by asking the server its version.
+    /// server; chosen by asking the server its version. While the version cannot be determined,
+    /// publishing fails and subscribers retry (nothing is guessed). Set the mode explicitly
+    /// while a fleet's cluster is upgraded from Redis 6 to 7.
     Auto,
     /// Classic `PUBLISH`/`SUBSCRIBE` (on a cluster, every message is broadcast to every node).
     Classic,
@@ -52,7 +80,8 @@ impl BusStats {
     pub fn undecodable(&self) -> u64 {
         self.undecodable.load(Ordering::Relaxed)
     }
-    /// Re-subscriptions after a lost connection (each emitted a [`BusEvent::Resync`]).
+    /// Resyncs: re-subscriptions after a lost connection, and messages dropped because the
+    /// consumer fell behind (each emitted a [`BusEvent::Resync`]).
     pub fn resyncs(&self) -> u64 {
         self.resyncs.load(Ordering::Relaxed)
     }
@@ -81,7 +110,7 @@ struct Shared {
     backend: Backend,
     spec: Spec,
     mode: PubSubMode,
-    resolved: Arc<OnceCell<u32>>,
+    resolved: Arc<Resolver>,
     timeout: Duration,
     stats: Arc<BusStats>,
 }
@@ -105,18 +134,22 @@ impl Shared {
                 keepalive: Duration::from_secs(3),
             },
             mode,
-            resolved: Arc::new(OnceCell::new()),
+            resolved: Arc::new(Resolver::default()),
             timeout: config.command_timeout,
             stats: Arc::new(BusStats::default()),
         })
     }
 
-    async fn sharded(&self) -> bool {
-        use_sharded(self.mode, &self.spec, &self.resolved).await
+    async fn sharded(&self) -> Result<bool, BusError> {
+        use_sharded(self.mode, &self.spec, &self.resolved).await.map_err(|message| BusError {
+            bus: self.name.clone(),
+            message,
+            source: None,
+        })
     }
 
     async fn publish(&self, payload: &[u8]) -> Result<(), BusError> {
-        let cmd = if self.sharded().await { "SPUBLISH" } else { "PUBLISH" };
+        let cmd = if self.sharded().await? { "SPUBLISH" } else { "PUBLISH" };
         let tier: Arc<str> = Arc::from(self.name.as_str());
         let r = with_timeout(&tier, self.timeout, "PUBLISH", async {
             let mut c = self.backend.get(&tier).await?;
@@ -170,47 +203,133 @@ impl Shared {
     }
 }
 
-/// Whether to use sharded pub/sub; in auto mode on a cluster, asks a server its version (and
-/// remembers the answer once one replied).
-async fn use_sharded(mode: PubSubMode, spec: &Spec, resolved: &OnceCell<u32>) -> bool {
-    match mode {
-        PubSubMode::Classic => false,
-        PubSubMode::Sharded => true,
-        PubSubMode::Auto if !spec.cluster => false,
-        PubSubMode::Auto => {
-            if let Some(&v) = resolved.get() {
-                return v >= 7;
+/// The outcome of asking the servers their version ([`PubSubMode::Auto`] on a cluster).
+#[derive(Default)]
+struct Resolver {
+    /// Whether to use sharded pub/sub, once a server answered.
+    known: OnceLock<bool>,
+    /// The last failure to find out, and until when it stands.
+    failed: parking_lot::Mutex<Option<(Instant, String)>>,
+    /// One probe at a time.
+    probe: tokio::sync::Mutex<()>,
+}
+
+impl Resolver {
+    fn recent_failure(&self) -> Option<String> {
+        match &*self.failed.lock() {
+            Some((until, e)) if Instant::now() < *until => Some(e.clone()),
+            _ => None,
+        }
+    }
+
+    async fn resolve(&self, spec: &Spec) -> Result<bool, String> {
+        if let Some(&s) = self.known.get() {
+            return Ok(s);
+        }
+        if let Some(e) = self.recent_failure() {
+            return Err(e);
+        }
+        let _probe = self.probe.lock().await;
+        if let Some(&s) = self.known.get() {
+            return Ok(s);
+        }
+        if let Some(e) = self.recent_failure() {
+            return Err(e);
+        }
+        match server_major(spec).await {
+            Ok(v) => {
+                let sharded = v >= 7;
+                let _ = self.known.set(sharded);
+                *self.failed.lock() = None;
+                Ok(sharded)
             }
-            let v = server_major(spec).await;
-            if v > 0 {
-                let _ = resolved.set(v);
+            Err(e) => {
+                let message = format!(
+                    "pub/sub mode auto: cannot determine the Redis version ({e}); \
+                     not guessing between classic and sharded pub/sub (set the mode explicitly)"
+                );
+                *self.failed.lock() = Some((Instant::now() + VERSION_RETRY, message.clone()));
+                Err(message)
             }
-            v >= 7
         }
     }
 }
 
-/// The major version of the first reachable node (0 when unknown).
-async fn server_major(spec: &Spec) -> u32 {
+/// Whether to use sharded pub/sub; in auto mode on a cluster, asks a server its version
+/// (remembering the answer once one replied, and a failure for [`VERSION_RETRY`]).
+async fn use_sharded(mode: PubSubMode, spec: &Spec, resolved: &Resolver) -> Result<bool, String> {
+    match mode {
+        PubSubMode::Classic => Ok(false),
+        PubSubMode::Sharded => Ok(true),
+        PubSubMode::Auto if !spec.cluster => Ok(false),
+        PubSubMode::Auto => resolved.resolve(spec).await,
+    }
+}
+
+/// The major version of the first node that answers `INFO server`.
+async fn server_major(spec: &Spec) -> Result<u32, String> {
+    let mut last = String::from("no node URL");
     for url in &spec.urls {
-        let Ok(client) = redis::Client::open(url.as_str()) else { continue };
+        let client = match redis::Client::open(url.as_str()) {
+            Ok(c) => c,
+            Err(e) => {
+                last = format!("{}: {e}", redact(url));
+                continue;
+            }
+        };
         let info = tokio::time::timeout(spec.connect_timeout * 2, async {
             let mut c = client.get_multiplexed_async_connection().await?;
             redis::cmd("INFO").arg("server").query_async::<String>(&mut c).await
         })
         .await;
-        if let Ok(Ok(info)) = info {
-            let v = info.lines().find_map(|l| l.strip_prefix("redis_version:")).unwrap_or("0");
-            return v.split('.').next().and_then(|m| m.trim().parse().ok()).unwrap_or(0);
+        match info {
+            Ok(Ok(info)) => match parse_major(&info) {
+                Some(v) => return Ok(v),
+                None => last = format!("{}: no redis_version in INFO", redact(url)),
+            },
+            Ok(Err(e)) => last = format!("{}: INFO failed: {e}", redact(url)),
+            Err(_) => last = format!("{}: INFO timed out", redact(url)),
         }
     }
-    0
+    Err(last)
+}
+
+/// The major version in an `INFO server` reply (`None` when absent or unreadable).
+fn parse_major(info: &str) -> Option<u32> {
+    let v = info.lines().find_map(|l| l.strip_prefix("redis_version:"))?;
+    v.split('.').next()?.trim().parse().ok().filter(|&m| m > 0)
+}
+
+/// What a sharded subscriber does with a push.
+#[derive(Debug, PartialEq, Eq)]
+enum PushAction {
+    /// A message on the channel: deliver it.
+    Deliver,
+    /// The subscription is gone (connection lost, or the server unsubscribed us, e.g. because
+    /// the channel's slot moved): reconnect and resync.
+    Lost,
+    /// Anything else (subscribe confirmations, other channels).
+    Ignore,
+}
+
+fn classify_push(push: &PushInfo, channel: &str) -> PushAction {
+    match push.kind {
+        PushKind::SMessage | PushKind::Message => PushAction::Deliver,
+        PushKind::Disconnection => PushAction::Lost,
+        PushKind::SUnsubscribe | PushKind::Unsubscribe => match push.data.first() {
+            Some(Value::BulkString(c)) if c.as_slice() != channel.as_bytes() => PushAction::Ignore,
+            Some(Value::SimpleString(c)) if c != channel => PushAction::Ignore,
+            // Ours, or unreadable: assume the worst.
+            _ => PushAction::Lost,
+        },
+        _ => PushAction::Ignore,
+    }
 }
 
 struct Subscriber<T> {
     spec: Spec,
     mode: PubSubMode,
-    resolved: Arc<OnceCell<u32>>,
+    resolved: Arc<Resolver>,
     stats: Arc<BusStats>,
     tx: mpsc::Sender<T>,
     map: Arc<dyn Fn(Vec<u8>) -> Option<T> + Send + Sync>,
@@ -224,7 +343,12 @@ enum Ended {
 
 enum Session {
     Classic(redis::aio::PubSubSink, redis::aio::PubSubStream),
-    Sharded(redis::cluster_async::ClusterConnection, mpsc::UnboundedReceiver<redis::PushInfo>),
+    Sharded {
+        conn: redis::cluster_async::ClusterConnection,
+        pushes: mpsc::Receiver<PushInfo>,
+        /// Set when a push was dropped because `pushes` was full.
+        overflow: Arc<AtomicBool>,
+    },
 }
 
 impl<T: Send + 'static> Subscriber<T> {
@@ -235,7 +359,12 @@ impl<T: Send + 'static> Subscriber<T> {
             if self.tx.is_closed() {
                 return;
             }
-            match tokio::time::timeout(self.spec.connect_timeout * 2, self.connect()).await {
+            // Outside the connect timeout: asking for the version has its own per-node timeouts.
+            let attempt = match use_sharded(self.mode, &self.spec, &self.resolved).await {
+                Ok(sharded) => tokio::time::timeout(self.spec.connect_timeout * 2, self.connect(sharded)).await,
+                Err(e) => Ok(Err(e)),
+            };
+            match attempt {
                 Ok(Ok(session)) => {
                     backoff = Duration::from_millis(50);
                     match first.take() {
@@ -279,20 +408,30 @@ impl<T: Send + 'static> Subscriber<T> {
         }
     }
 
-    async fn connect(&self) -> Result<Session, String> {
+    async fn connect(&self, sharded: bool) -> Result<Session, String> {
         let channel = self.spec.channel.as_str();
-        if use_sharded(self.mode, &self.spec, &self.resolved).await {
-            let (utx, urx) = mpsc::unbounded_channel();
+        if sharded {
+            let (ptx, pushes) = mpsc::channel(PUSH_QUEUE);
+            let overflow = Arc::new(AtomicBool::new(false));
+            let flag = overflow.clone();
+            let sender = move |p: PushInfo| match ptx.try_send(p) {
+                Ok(()) => Ok(()),
+                Err(mpsc::error::TrySendError::Full(_)) => {
+                    flag.store(true, Ordering::Release);
+                    Ok(())
+                }
+                Err(mpsc::error::TrySendError::Closed(_)) => Err(redis::aio::SendError),
+            };
             let client = redis::cluster::ClusterClientBuilder::new(self.spec.urls.clone())
                 .use_protocol(redis::ProtocolVersion::RESP3)
                 .connection_timeout(self.spec.connect_timeout)
                 .response_timeout(self.spec.connect_timeout)
-                .push_sender(utx)
+                .push_sender(sender)
                 .build()
                 .map_err(|e| e.to_string())?;
             let mut conn = client.get_async_connection().await.map_err(|e| e.to_string())?;
             conn.ssubscribe(channel).await.map_err(|e| e.to_string())?;
-            return Ok(Session::Sharded(conn, urx));
+            return Ok(Session::Sharded { conn, pushes, overflow });
         }
         let mut last = String::from("no node URL");
         for url in &self.spec.urls {
@@ -344,32 +483,53 @@ impl<T: Send + 'static> Subscriber<T> {
                     () = self.tx.closed() => return Ended::Stopped,
                 }
             },
-            Session::Sharded(mut conn, mut pushes) => loop {
-                tokio::select! {
-                    push = pushes.recv() => match push {
-                        Some(p) if matches!(p.kind, PushKind::SMessage | PushKind::Message) => {
-                            if let Some(m) = redis::Msg::from_push_info(p)
-                                && !self.deliver(m.get_payload_bytes().to_vec()).await
-                            {
-                                    return Ended::Stopped;
-                            }
-                        }
-                        Some(p) if p.kind == PushKind::Disconnection => return Ended::Disconnected,
-                        Some(_) => {}
-                        None => return Ended::Disconnected,
-                    },
-                    _ = keepalive.tick() => {
-                        let ping = tokio::time::timeout(
-                            self.spec.connect_timeout,
-                            redis::cmd("PING").query_async::<Value>(&mut conn),
-                        ).await;
-                        if !matches!(ping, Ok(Ok(_))) {
-                            return Ended::Disconnected;
+            Session::Sharded { mut conn, mut pushes, overflow } => {
+                // The node serving the channel's slot carries the subscription: ping that one.
+                let slot = keys::slot(self.spec.channel.as_bytes());
+                let route =
+                    RoutingInfo::SingleNode(SingleNodeRoutingInfo::SpecificNode(Route::new(slot, SlotAddr::Master)));
+                loop {
+                    // Pushes were dropped while delivery was blocked: the receiver must resync.
+                    if overflow.swap(false, Ordering::AcqRel) {
+                        self.stats.resyncs.fetch_add(1, Ordering::Relaxed);
+                        tracing::warn!(capacity = PUSH_QUEUE, "subscriber fell behind; messages dropped; resync");
+                        if let Some(r) = self.resync
+                            && self.tx.send(r()).await.is_err()
+                        {
+                            return Ended::Stopped;
                         }
                     }
-                    () = self.tx.closed() => return Ended::Stopped,
+                    tokio::select! {
+                        push = pushes.recv() => match push {
+                            Some(p) => match classify_push(&p, &self.spec.channel) {
+                                PushAction::Deliver => {
+                                    if let Some(m) = redis::Msg::from_push_info(p)
+                                        && !self.deliver(m.get_payload_bytes().to_vec()).await
+                                    {
+                                        return Ended::Stopped;
+                                    }
+                                }
+                                PushAction::Lost => {
+                                    tracing::info!(kind = %p.kind, "sharded subscription lost; re-subscribing");
+                                    return Ended::Disconnected;
+                                }
+                                PushAction::Ignore => {}
+                            },
+                            None => return Ended::Disconnected,
+                        },
+                        _ = keepalive.tick() => {
+                            let ping = tokio::time::timeout(
+                                self.spec.connect_timeout,
+                                conn.route_command(redis::cmd("PING"), route.clone()),
+                            ).await;
+                            if !matches!(ping, Ok(Ok(_))) {
+                                return Ended::Disconnected;
+                            }
+                        }
+                        () = self.tx.closed() => return Ended::Stopped,
+                    }
                 }
-            },
+            }
         }
     }
 }
@@ -416,8 +576,9 @@ impl RedisBus {
         &self.shared.stats
     }
 
-    /// Whether messages go over sharded pub/sub (asks the server once on a cluster).
-    pub async fn is_sharded(&self) -> bool {
+    /// Whether messages go over sharded pub/sub (asks the server once on a cluster, in
+    /// [`PubSubMode::Auto`]; an error while its version cannot be determined).
+    pub async fn is_sharded(&self) -> Result<bool, BusError> {
         self.shared.sharded().await
     }
 }
@@ -483,5 +644,74 @@ impl RedisChannelSource {
     /// The payloads as a [`futures::Stream`].
     pub fn into_stream(self) -> impl futures::Stream<Item = Vec<u8>> + Send + 'static {
         futures::stream::unfold(self, |mut s| async move { s.next().await.map(|p| (p, s)) })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn push(kind: PushKind, data: Vec<Value>) -> PushInfo {
+        PushInfo { kind, data }
+    }
+
+    #[test]
+    fn pushes_are_classified() {
+        let ch = "strata:inv";
+        let msg = vec![Value::BulkString(ch.into()), Value::BulkString(b"x".to_vec())];
+        assert_eq!(classify_push(&push(PushKind::SMessage, msg.clone()), ch), PushAction::Deliver);
+        assert_eq!(classify_push(&push(PushKind::Message, msg), ch), PushAction::Deliver);
+        assert_eq!(classify_push(&push(PushKind::Disconnection, vec![]), ch), PushAction::Lost);
+        // The server unsubscribed us (slot moved): lost, whether sharded or classic.
+        let ours = vec![Value::BulkString(ch.into()), Value::Int(0)];
+        assert_eq!(classify_push(&push(PushKind::SUnsubscribe, ours.clone()), ch), PushAction::Lost);
+        assert_eq!(classify_push(&push(PushKind::Unsubscribe, ours), ch), PushAction::Lost);
+        assert_eq!(
+            classify_push(&push(PushKind::SUnsubscribe, vec![Value::SimpleString(ch.into())]), ch),
+            PushAction::Lost
+        );
+        // Unreadable: assume the worst.
+        assert_eq!(classify_push(&push(PushKind::SUnsubscribe, vec![]), ch), PushAction::Lost);
+        // Another channel, or a confirmation: ignored.
+        let other = vec![Value::BulkString(b"other".to_vec()), Value::Int(0)];
+        assert_eq!(classify_push(&push(PushKind::SUnsubscribe, other), ch), PushAction::Ignore);
+        let sub = vec![Value::BulkString(ch.into()), Value::Int(1)];
+        assert_eq!(classify_push(&push(PushKind::SSubscribe, sub), ch), PushAction::Ignore);
+        assert_eq!(classify_push(&push(PushKind::Invalidate, vec![]), ch), PushAction::Ignore);
+    }
+
+    #[test]
+    fn version_is_parsed_or_unknown() {
+        assert_eq!(parse_major("# Server\r\nredis_version:7.0.15\r\nredis_mode:cluster\r\n"), Some(7));
+        assert_eq!(parse_major("redis_version:6.2.1\n"), Some(6));
+        assert_eq!(parse_major("# Server\r\nredis_mode:cluster\r\n"), None);
+        assert_eq!(parse_major("redis_version:x.y\n"), None);
+        assert_eq!(parse_major("redis_version:0.1\n"), None);
+    }
+
+    #[tokio::test]
+    async fn unknown_version_is_an_error_remembered_briefly() {
+        // Nobody listens: the version cannot be determined.
+        let spec = Spec {
+            urls: vec!["redis://127.0.0.1:1".into()],
+            cluster: true,
+            channel: "c".into(),
+            connect_timeout: Duration::from_millis(200),
+            keepalive: Duration::from_secs(3),
+        };
+        let r = Resolver::default();
+        let e = use_sharded(PubSubMode::Auto, &spec, &r).await.unwrap_err();
+        assert!(e.contains("cannot determine the Redis version"), "{e}");
+        assert!(r.known.get().is_none(), "a failure is not an answer");
+        // Remembered: the next call fails without asking again.
+        let until = r.failed.lock().as_ref().map(|(u, _)| *u).unwrap();
+        assert!(until > Instant::now() + VERSION_RETRY / 2);
+        assert_eq!(use_sharded(PubSubMode::Auto, &spec, &r).await.unwrap_err(), e);
+        assert_eq!(r.failed.lock().as_ref().map(|(u, _)| *u), Some(until), "not probed again");
+        // Explicit modes and standalone servers never ask.
+        assert_eq!(use_sharded(PubSubMode::Classic, &spec, &r).await, Ok(false));
+        assert_eq!(use_sharded(PubSubMode::Sharded, &spec, &r).await, Ok(true));
+        let standalone = Spec { cluster: false, ..spec };
+        assert_eq!(use_sharded(PubSubMode::Auto, &standalone, &Resolver::default()).await, Ok(false));
     }
 }

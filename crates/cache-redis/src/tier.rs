@@ -208,12 +208,37 @@ impl RedisTier {
         .await
     }
 
-    /// The commands that store one entry (and index its tags).
+    /// Runs `first`, then `then` (on a cluster, `then` only once every command of `first`
+    /// succeeded; on a standalone server one pipeline, in order). Returns the replies of both,
+    /// in input order.
+    async fn run_ordered(
+        &self,
+        mut first: Vec<(String, redis::Cmd)>,
+        then: Vec<(String, redis::Cmd)>,
+        what: &'static str,
+    ) -> Result<Vec<Value>, TierError> {
+        if !self.is_cluster() || first.is_empty() || then.is_empty() {
+            first.extend(then);
+            let replies = self.run(first, what).await?;
+            self.check_replies(&replies)?;
+            return Ok(replies);
+        }
+        let mut replies = self.run(first, what).await?;
+        self.check_replies(&replies)?;
+        let rest = self.run(then, what).await?;
+        self.check_replies(&rest)?;
+        replies.extend(rest);
+        Ok(replies)
+    }
+
+    /// The commands that store one entry: `tags` index it in its tag sets, `writes` store it.
+    /// The tag sets are updated first, so that an entry is never stored unlisted.
     fn set_cmds(
         &self,
         key: &Key,
         entry: &StoredEntry,
         now: Timestamp,
+        tags: &mut Vec<(String, redis::Cmd)>,
         out: &mut Vec<(String, redis::Cmd)>,
     ) -> Result<(), TierError> {
         if entry.frame.len() > MAX_REDIS_VALUE {
@@ -243,7 +268,7 @@ impl RedisTier {
         for tag in entry.meta.tags.iter() {
             let tkey = self.inner.keys.tag_set(key.cache(), key.namespace().as_str(), tag);
             let cmd = redis::cmd("EVAL").arg(TAG_ADD_SCRIPT).arg(1).arg(&tkey).arg(&rkey).arg(set_ttl).take();
-            out.push((tkey, cmd));
+            tags.push((tkey, cmd));
         }
         Ok(())
     }
@@ -325,25 +350,23 @@ impl Tier for RedisTier {
     }
 
     async fn set(&self, key: &Key, entry: &StoredEntry) -> Result<(), TierError> {
-        let mut cmds = Vec::with_capacity(1 + entry.meta.tags.len());
-        self.set_cmds(key, entry, self.inner.clock.now(), &mut cmds)?;
-        if cmds.len() == 1 {
+        let (mut tags, mut cmds) = (Vec::with_capacity(entry.meta.tags.len()), Vec::with_capacity(1));
+        self.set_cmds(key, entry, self.inner.clock.now(), &mut tags, &mut cmds)?;
+        if tags.is_empty() && cmds.len() == 1 {
             let (_, cmd) = cmds.pop().expect("one command");
             let _: Value = self.query(cmd, "SET").await?;
             return Ok(());
         }
-        let replies = self.run(cmds, "SET").await?;
-        self.check_replies(&replies)
+        self.run_ordered(tags, cmds, "SET").await.map(drop)
     }
 
     async fn set_many(&self, entries: &[(Key, StoredEntry)]) -> Result<(), TierError> {
         let now = self.inner.clock.now();
-        let mut cmds = Vec::with_capacity(entries.len());
+        let (mut tags, mut cmds) = (Vec::new(), Vec::with_capacity(entries.len()));
         for (k, e) in entries {
-            self.set_cmds(k, e, now, &mut cmds)?;
+            self.set_cmds(k, e, now, &mut tags, &mut cmds)?;
         }
-        let replies = self.run(cmds, "SET pipeline").await?;
-        self.check_replies(&replies)
+        self.run_ordered(tags, cmds, "SET pipeline").await.map(drop)
     }
 
     async fn delete(&self, key: &Key) -> Result<(), TierError> {
@@ -357,7 +380,15 @@ impl Tier for RedisTier {
         if members.is_empty() {
             return Ok(0);
         }
-        let mut cmds = Vec::new();
+        // Unlist first, then delete: an entry re-written (and re-listed) in between is deleted
+        // but stays listed (harmless), never kept while unlisted. Only the members read are
+        // removed (entries tagged meanwhile stay listed).
+        let srem: Vec<(String, redis::Cmd)> = members
+            .chunks(DEL_CHUNK)
+            .map(|chunk| (tkey.clone(), redis::cmd("SREM").arg(&tkey).arg(chunk).take()))
+            .collect();
+        let n_srem = srem.len();
+        let mut dels = Vec::new();
         let groups = if self.is_cluster() { group_by_slot(&members) } else { vec![(0, (0..members.len()).collect())] };
         for (_, idx) in groups {
             for chunk in idx.chunks(DEL_CHUNK) {
@@ -366,18 +397,26 @@ impl Tier for RedisTier {
                     del.arg(&members[i]);
                 }
                 let route = String::from_utf8_lossy(&members[chunk[0]]).into_owned();
-                cmds.push((route, del));
+                dels.push((route, del));
             }
         }
-        // Remove only the members read (entries tagged meanwhile stay listed).
-        for chunk in members.chunks(DEL_CHUNK) {
-            cmds.push((tkey.clone(), redis::cmd("SREM").arg(&tkey).arg(chunk).take()));
-        }
-        let n_del = cmds.len() - members.len().div_ceil(DEL_CHUNK);
-        let replies = self.run(cmds, "tag invalidation").await?;
-        self.check_replies(&replies)?;
+        let replies = match self.run_ordered(srem, dels, "tag invalidation").await {
+            Ok(r) => r,
+            Err(e) => {
+                // Some entries may have been unlisted but not deleted: list them again (best
+                // effort; listing an entry already deleted is harmless).
+                for chunk in members.chunks(DEL_CHUNK) {
+                    let relist = redis::cmd("SADD").arg(&tkey).arg(chunk).take();
+                    if let Err(again) = self.query::<Value>(relist, "SADD").await {
+                        tracing::warn!(error = %again, "could not re-list tag members after a failed invalidation");
+                        break;
+                    }
+                }
+                return Err(e);
+            }
+        };
         let mut deleted = 0u64;
-        for v in &replies[..n_del] {
+        for v in &replies[n_srem..] {
             if let Value::Int(n) = v {
                 deleted += u64::try_from(*n).unwrap_or(0);
             }

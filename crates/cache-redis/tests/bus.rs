@@ -8,9 +8,13 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use futures::StreamExt;
-use strata_cache_core::{Cache, CacheStats, Clock, EntryOptions, FnLoader, Namespace, Postcard, SystemClock};
+use strata_cache_core::{
+    BusEvent, Cache, CacheStats, Clock, EntryOptions, FnLoader, InstanceId, Invalidation, InvalidationBus,
+    InvalidationTarget, Namespace, Postcard, Subscription, SystemClock,
+};
 use strata_cache_redis::deadpool_redis::redis;
-use strata_cache_redis::{PubSubMode, RedisBus, RedisChannelSource, RedisConfig, RedisTier};
+use strata_cache_redis::deadpool_redis::redis::Value;
+use strata_cache_redis::{PubSubMode, RedisBus, RedisChannelSource, RedisConfig, RedisTier, keys};
 
 /// A cache with its own L1 and bus; the loader reads the "source of truth" key `src:<id>`.
 async fn cache(config: &RedisConfig, src_url: &str, stats: Arc<CacheStats>) -> (Cache<u64, String>, RedisBus) {
@@ -197,7 +201,7 @@ async fn cluster_backplane_uses_sharded_pubsub_and_resyncs() {
     let (a, bus_a) = cluster_cache(&config, sa.clone()).await;
     let (b, bus_b) = cluster_cache(&config, sb.clone()).await;
     let _ = src;
-    assert!(bus_a.is_sharded().await, "Redis 7 cluster → sharded pub/sub");
+    assert!(bus_a.is_sharded().await.unwrap(), "Redis 7 cluster → sharded pub/sub");
     assert_eq!(b.get_or_load(&1).await.unwrap().as_deref(), Some(&"v1".to_owned()));
     a.set(1, "v2".into()).await.unwrap();
     assert!(poll_until(Duration::from_millis(100), || l1_value(&b, 1).is_none()).await, "sharded invalidation");
@@ -229,4 +233,209 @@ async fn cluster_cache(config: &RedisConfig, stats: Arc<CacheStats>) -> (Cache<u
         .await
         .unwrap();
     (cache, bus)
+}
+
+fn invalidation(id: u64) -> Invalidation {
+    Invalidation {
+        origin: InstanceId(7),
+        cache: "users".into(),
+        namespace: "default".into(),
+        target: InvalidationTarget::Key(id.to_string()),
+    }
+}
+
+/// The next event within `within`.
+async fn next_event(sub: &mut Subscription, within: Duration) -> Option<BusEvent> {
+    tokio::time::timeout(within, sub.recv()).await.ok().flatten()
+}
+
+/// Waits for a `Resync`, skipping invalidations.
+async fn wait_resync(sub: &mut Subscription, within: Duration) -> bool {
+    let end = Instant::now() + within;
+    while let Some(left) = end.checked_duration_since(Instant::now()) {
+        match next_event(sub, left).await {
+            Some(BusEvent::Resync) => return true,
+            Some(BusEvent::Invalidate(_)) => {}
+            None => return false,
+        }
+    }
+    false
+}
+
+/// Publishes `invalidation(id)` (retrying failures) until `sub` receives it.
+async fn publish_until_received(bus: &RedisBus, sub: &mut Subscription, id: u64, within: Duration) -> bool {
+    let end = Instant::now() + within;
+    while Instant::now() < end {
+        if bus.publish(&invalidation(id)).await.is_ok() {
+            while let Some(ev) = next_event(sub, Duration::from_millis(300)).await {
+                if ev == BusEvent::Invalidate(invalidation(id)) {
+                    return true;
+                }
+            }
+        } else {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    false
+}
+
+/// Moving the channel's hash slot to another node makes Redis 7 unsubscribe the sharded
+/// subscriber (`SUNSUBSCRIBE` push): it must resync and re-subscribe on the new owner rather
+/// than silently stop receiving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sharded_subscriber_resyncs_when_its_slot_moves() {
+    let Some(cluster) = support::throwaway_cluster() else { return };
+    let config = RedisConfig::cluster(cluster.urls.clone());
+    let channel = format!("{}inv", support::unique_prefix("move"));
+    let bus = RedisBus::with_channel(&config, channel.clone(), PubSubMode::Sharded).unwrap();
+    let mut sub = bus.subscribe().await.unwrap();
+    assert!(publish_until_received(&bus, &mut sub, 1, Duration::from_secs(3)).await, "delivery before the move");
+    assert_eq!(bus.stats().resyncs(), 0);
+
+    // Who owns the channel's slot, and the other masters' ids.
+    let slot = keys::slot(channel.as_bytes());
+    let mut ids = Vec::new();
+    for url in &cluster.urls {
+        let id: String = redis::cmd("CLUSTER").arg("MYID").query_async(&mut raw(url).await).await.unwrap();
+        ids.push(id);
+    }
+    let nodes: String = redis::cmd("CLUSTER").arg("NODES").query_async(&mut raw(&cluster.urls[0]).await).await.unwrap();
+    let owner_id = nodes
+        .lines()
+        .find(|l| {
+            l.split_whitespace().skip(8).any(|r| {
+                let (a, b) = r.split_once('-').unwrap_or((r, r));
+                matches!((a.parse::<u16>(), b.parse::<u16>()), (Ok(a), Ok(b)) if (a..=b).contains(&slot))
+            })
+        })
+        .and_then(|l| l.split_whitespace().next())
+        .unwrap()
+        .to_owned();
+    let owner = ids.iter().position(|i| *i == owner_id).unwrap();
+    let target = (owner + 1) % ids.len();
+    // The new owner first, the old owner last (that is where the subscription is dropped).
+    let order = [target, (owner + 2) % ids.len(), owner];
+    for i in order {
+        let r: String = redis::cmd("CLUSTER")
+            .arg("SETSLOT")
+            .arg(slot)
+            .arg("NODE")
+            .arg(&ids[target])
+            .query_async(&mut raw(&cluster.urls[i]).await)
+            .await
+            .unwrap();
+        assert_eq!(r, "OK");
+    }
+
+    assert!(wait_resync(&mut sub, Duration::from_secs(5)).await, "no resync after the slot moved");
+    assert!(bus.stats().resyncs() >= 1);
+    assert!(
+        publish_until_received(&bus, &mut sub, 2, Duration::from_secs(5)).await,
+        "no delivery from the slot's new owner"
+    );
+    let n: Vec<Value> = redis::cmd("PUBSUB")
+        .arg("SHARDNUMSUB")
+        .arg(&channel)
+        .query_async(&mut raw(&cluster.urls[target]).await)
+        .await
+        .unwrap();
+    assert_eq!(n.get(1), Some(&Value::Int(1)), "subscribed on the new owner: {n:?}");
+}
+
+/// Sums `rejected_calls` of `INFO` over the nodes.
+async fn rejected_info_calls(urls: &[String]) -> u64 {
+    let mut total = 0;
+    for url in urls {
+        let stats: String = redis::cmd("INFO").arg("commandstats").query_async(&mut raw(url).await).await.unwrap();
+        total += stats
+            .lines()
+            .find_map(|l| l.strip_prefix("cmdstat_info:"))
+            .and_then(|l| l.split(',').find_map(|f| f.strip_prefix("rejected_calls=")))
+            .and_then(|n| n.trim().parse::<u64>().ok())
+            .unwrap_or(0);
+    }
+    total
+}
+
+async fn acl_all(urls: &[String], rule: &[&str]) {
+    for url in urls {
+        let _: () = redis::cmd("ACL").arg("SETUSER").arg(rule).query_async(&mut raw(url).await).await.unwrap();
+    }
+}
+
+/// `PubSubMode::Auto` on a cluster whose version cannot be read (the ACL user may not run
+/// `INFO`) never guesses: publish fails (asking at most once a second), the subscriber does not
+/// fall back to classic pub/sub; once `INFO` is allowed both settle on sharded pub/sub.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn auto_mode_does_not_guess_when_the_version_is_unknown() {
+    let Some(cluster) = support::throwaway_cluster() else { return };
+    let user = format!("u{:08x}", fastrand::u32(..));
+    acl_all(&cluster.urls, &[&user, "on", ">pw", "~*", "&*", "+@all", "-info"]).await;
+    let urls: Vec<String> =
+        cluster.urls.iter().map(|u| u.replace("redis://", &format!("redis://{user}:pw@"))).collect();
+    let config = RedisConfig::cluster(urls).prefix(support::unique_prefix("auto"));
+    let bus = RedisBus::new(&config).unwrap();
+
+    let before = rejected_info_calls(&cluster.urls).await;
+    let started = Instant::now();
+    for i in 0..20 {
+        let e = bus.publish(&invalidation(i)).await.unwrap_err();
+        assert!(e.message.contains("cannot determine the Redis version"), "{e}");
+    }
+    let probes_window = started.elapsed();
+    let rejected = rejected_info_calls(&cluster.urls).await - before;
+    let n = cluster.urls.len() as u64;
+    assert!(rejected >= 1, "the version was asked for");
+    assert!(
+        rejected <= n * (2 + probes_window.as_secs()),
+        "20 publishes in {probes_window:?} asked INFO {rejected} times: the failure is not remembered"
+    );
+    assert!(bus.is_sharded().await.is_err());
+    assert_eq!(bus.stats().published(), 0);
+
+    // The subscriber keeps retrying instead of subscribing with classic pub/sub.
+    let mut sub = bus.subscribe().await.unwrap();
+    assert!(poll_until(Duration::from_secs(2), || bus.stats().disconnects() >= 2).await, "subscriber retries");
+    for url in &cluster.urls {
+        let n: Vec<Value> =
+            redis::cmd("PUBSUB").arg("NUMSUB").arg(bus.channel()).query_async(&mut raw(url).await).await.unwrap();
+        assert_eq!(n.get(1), Some(&Value::Int(0)), "fell back to classic pub/sub: {n:?}");
+    }
+
+    // Once the version can be read, everything settles on sharded pub/sub.
+    acl_all(&cluster.urls, &[&user, "+info"]).await;
+    assert!(wait_resync(&mut sub, Duration::from_secs(10)).await, "subscribed (with a resync) once INFO works");
+    assert!(publish_until_received(&bus, &mut sub, 99, Duration::from_secs(5)).await);
+    assert!(bus.is_sharded().await.unwrap());
+}
+
+/// A consumer that stops reading makes sharded pushes pile up to a bound; beyond it they are
+/// dropped and a `Resync` tells the cache to clear its L1. The subscription itself stays up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sharded_overflow_drops_and_resyncs() {
+    let Some(cluster) = support::cluster() else { return };
+    let config = RedisConfig::cluster(cluster.urls.clone());
+    let channel = format!("{}inv", support::unique_prefix("overflow"));
+    let bus = RedisBus::with_channel(&config, channel, PubSubMode::Sharded).unwrap();
+    let mut sub = bus.subscribe().await.unwrap();
+    assert!(publish_until_received(&bus, &mut sub, 0, Duration::from_secs(3)).await);
+    // Not reading: 1024 wait in the subscription, 1024 in the push queue, the rest is dropped.
+    let total = 3000u64;
+    for i in 1..=total {
+        bus.publish(&invalidation(i)).await.unwrap();
+    }
+    let (mut invalidations, mut resync_after) = (0u64, None);
+    while let Some(ev) = next_event(&mut sub, Duration::from_millis(500)).await {
+        match ev {
+            BusEvent::Invalidate(_) => invalidations += 1,
+            BusEvent::Resync => resync_after = resync_after.or(Some(invalidations)),
+        }
+    }
+    let resync_after = resync_after.expect("a Resync was emitted");
+    assert!(resync_after >= 1024, "resync after the queued messages ({resync_after})");
+    assert!(invalidations < total, "{invalidations} of {total} delivered: nothing was dropped?");
+    assert_eq!(bus.stats().resyncs(), 1);
+    assert_eq!(bus.stats().disconnects(), 0, "no reconnect needed");
+    // Still subscribed.
+    assert!(publish_until_received(&bus, &mut sub, total + 1, Duration::from_secs(3)).await);
 }

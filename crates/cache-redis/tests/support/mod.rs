@@ -157,6 +157,12 @@ pub fn cluster() -> Option<Cluster> {
         let urls: Vec<String> = urls.split(',').map(|s| s.trim().to_owned()).filter(|s| !s.is_empty()).collect();
         return Some(Cluster { urls, servers: Vec::new() });
     }
+    throwaway_cluster()
+}
+
+/// Three throwaway masters, even when `STRATA_TEST_REDIS_CLUSTER` is set (for tests that
+/// reconfigure the cluster: moving slots, ACL users).
+pub fn throwaway_cluster() -> Option<Cluster> {
     if !has_binary("redis-cli") {
         return skip("redis-cli not installed");
     }
