@@ -54,6 +54,15 @@ where
     K: CacheKey,
     V: Send + Sync + 'static,
 {
+    if cache.hashes_key_ids() {
+        // Its key ids are personal data kept out of every store: a snapshot would write them
+        // to disk in plaintext.
+        return Err(strata_cache_core::ConfigError::new(
+            "snapshot",
+            format!("cache `{}` hashes its key ids (PII); hot-key snapshots are refused", cache.name()),
+        )
+        .into());
+    }
     let keys: Vec<String> = cache.l1_keys(limit).iter().map(CacheKey::key_id).collect();
     let n = keys.len();
     let body = Body { cache: cache.name().to_owned(), namespace: cache.namespace().as_str().to_owned(), keys };

@@ -119,3 +119,21 @@ async fn corrupt_snapshots_are_typed_errors() {
     std::fs::write(&path, &good).unwrap();
     assert!(matches!(warm_from_snapshot(&other, &path, 2).await, Err(ConsistencyError::SnapshotCorrupt { .. })));
 }
+
+#[tokio::test]
+async fn caches_with_hashed_key_ids_refuse_snapshots() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("pii.snap");
+    let hasher: strata_cache_core::KeyIdHasher = Arc::new(|id: &str| format!("h{}", id.len()));
+    let cache = Cache::<String, String>::builder("pii")
+        .tier(Arc::new(strata_cache_core::MemoryTier::new("l2")))
+        .serializer(strata_cache_core::Postcard)
+        .key_id_hasher(hasher)
+        .build()
+        .await
+        .unwrap();
+    cache.set("alice@example.com".into(), "x".into()).await.unwrap();
+    let err = save_hot_keys(&cache, &path, 10).await.unwrap_err();
+    assert!(matches!(err, ConsistencyError::Config(_)), "{err}");
+    assert!(!path.exists(), "nothing written");
+}
