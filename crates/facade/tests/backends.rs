@@ -4,50 +4,12 @@
 #![cfg(all(feature = "redis", feature = "sql"))]
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test helpers
 
+mod common;
+
 use std::net::TcpListener;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use strata::{CacheStats, ConnectError, FnLoader, Strata, StrataConfig};
-
-struct Redis {
-    url: String,
-    child: Option<Child>,
-}
-
-impl Drop for Redis {
-    fn drop(&mut self) {
-        if let Some(c) = &mut self.child {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
-fn redis() -> Option<Redis> {
-    if let Ok(url) = std::env::var("STRATA_TEST_REDIS_URL") {
-        return Some(Redis { url, child: None });
-    }
-    let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let child = Command::new("redis-server")
-        .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
-        .stdout(Stdio::null())
-        .spawn();
-    let child = match child {
-        Ok(c) => c,
-        Err(e) => {
-            assert!(std::env::var("CI").as_deref() != Ok("true"), "CI=true and redis-server cannot start: {e}");
-            eprintln!("skipping: redis-server not available ({e})");
-            return None;
-        }
-    };
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline, "redis-server did not start");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    Some(Redis { url: format!("redis://127.0.0.1:{port}"), child: Some(child) })
-}
 
 fn config(redis: &str, db: &std::path::Path, prefix: &str) -> StrataConfig {
     StrataConfig::from_toml(&format!(
@@ -59,7 +21,7 @@ fn config(redis: &str, db: &std::path::Path, prefix: &str) -> StrataConfig {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn configured_backends_serve_every_level_and_invalidate_across_runtimes() {
-    let Some(redis) = redis() else { return };
+    let Some(redis) = common::redis() else { return };
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("l3.db");
     let prefix = format!("facade{}:", std::process::id());

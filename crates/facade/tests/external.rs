@@ -4,8 +4,9 @@
 #![cfg(all(feature = "consistency", feature = "redis", feature = "sql"))]
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test helpers
 
-use std::net::TcpListener;
-use std::process::{Child, Command, Stdio};
+mod common;
+
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use strata::consistency::external::{ExternalInvalidator, InvalidationRegistry};
@@ -14,41 +15,6 @@ use strata::redis::{PubSubMode, RedisChannelSource, RedisConfig};
 use strata::sql::PgNotifySource;
 use strata::sql::sea_orm::{ConnectionTrait, Database};
 use strata::{Cache, SystemClock};
-
-fn ci() -> bool {
-    std::env::var("CI").as_deref() == Ok("true")
-}
-
-struct Redis(Child, u16);
-
-impl Drop for Redis {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn redis() -> Option<Redis> {
-    let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let child = Command::new("redis-server")
-        .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
-        .stdout(Stdio::null())
-        .spawn();
-    let child = match child {
-        Ok(c) => c,
-        Err(e) => {
-            assert!(!ci(), "CI=true and redis-server cannot start: {e}");
-            eprintln!("skipping: redis-server not available ({e})");
-            return None;
-        }
-    };
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline, "redis-server did not start");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    Some(Redis(child, port))
-}
 
 async fn cache() -> Cache<u64, String> {
     let c = Cache::<u64, String>::builder("users").build().await.unwrap();
@@ -67,8 +33,8 @@ async fn wait_gone(c: &Cache<u64, String>, key: u64) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_message_on_a_redis_channel_invalidates() {
-    let Some(redis) = redis() else { return };
-    let url = format!("redis://127.0.0.1:{}", redis.1);
+    let Some(redis) = common::own_redis() else { return };
+    let url = redis.url.clone();
     let users = cache().await;
     let source =
         RedisChannelSource::subscribe(&RedisConfig::standalone(url), "db-changes", PubSubMode::Classic).await.unwrap();
@@ -77,7 +43,7 @@ async fn a_message_on_a_redis_channel_invalidates() {
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
         let out = Command::new("redis-cli")
-            .args(["-p", &redis.1.to_string(), "PUBLISH", "db-changes", r#"{"cache":"users","key":"42"}"#])
+            .args(["-p", &redis.port.to_string(), "PUBLISH", "db-changes", r#"{"cache":"users","key":"42"}"#])
             .output()
             .unwrap();
         if String::from_utf8_lossy(&out.stdout).trim() != "0" {
@@ -97,7 +63,7 @@ async fn a_postgres_notify_invalidates() {
     let db = match Database::connect(&url).await {
         Ok(db) => db,
         Err(e) => {
-            assert!(!ci(), "CI=true and PostgreSQL is unreachable: {e}");
+            assert!(!common::ci(), "CI=true and PostgreSQL is unreachable: {e}");
             eprintln!("skipping: PostgreSQL unreachable ({e})");
             return;
         }

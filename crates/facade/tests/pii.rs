@@ -6,11 +6,12 @@
 #![cfg(all(feature = "redis", feature = "sql", feature = "security"))]
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test helpers
 
+mod common;
+
 use std::io::Write;
-use std::net::TcpListener;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use strata::security::{AesGcmCodec, NamespaceKeyring, PiiPolicy};
 use strata::{CacheStats, EntryOptions, FnLoader, Strata, StrataConfig};
@@ -26,41 +27,6 @@ impl Write for Captured {
     fn flush(&mut self) -> std::io::Result<()> {
         Ok(())
     }
-}
-
-struct Redis {
-    port: u16,
-    child: Child,
-}
-
-impl Drop for Redis {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// A throwaway server owned by this test (the scan must see only this test's keys).
-fn redis() -> Option<Redis> {
-    let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let child = Command::new("redis-server")
-        .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
-        .stdout(Stdio::null())
-        .spawn();
-    let child = match child {
-        Ok(c) => c,
-        Err(e) => {
-            assert!(std::env::var("CI").as_deref() != Ok("true"), "CI=true and redis-server cannot start: {e}");
-            eprintln!("skipping: redis-server not available ({e})");
-            return None;
-        }
-    };
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline, "redis-server did not start");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    Some(Redis { port, child })
 }
 
 fn redis_cli(port: u16, args: &[&str]) -> Vec<u8> {
@@ -81,7 +47,8 @@ const PEOPLE: [(&str, &str); 3] = [
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pii_never_reaches_redis_sqlite_or_logs_in_plaintext() {
-    let Some(redis) = redis() else { return };
+    // Our own server: the scan must see only this test's keys.
+    let Some(redis) = common::own_redis() else { return };
     let logs = Captured::default();
     let sink = logs.clone();
     let subscriber = tracing_subscriber::fmt()
