@@ -5,7 +5,7 @@
 //! | what        | layout                                    |
 //! |-------------|-------------------------------------------|
 //! | entry       | `cache:namespace:id`                      |
-//! | entry, long | `cache:namespace#<hash>`                  |
+//! | entry, long | `cache:namespace#<hash>` (SHA-256, 128 bits) |
 //! | tag set     | `!tag:cache:namespace:tag` (or `#<hash>`) |
 //! | load lock   | `!lock:cache:namespace:id` (or `#<hash>`) |
 //!
@@ -100,24 +100,17 @@ impl KeySpace {
     }
 }
 
-/// Two independent 64-bit hashes (FNV-1a with two offset bases, then finalised), i.e. a
-/// 128-bit digest: collisions among ids of one namespace are negligible for non-adversarial
-/// ids; ids long enough to be hashed are rare and should not be attacker-chosen.
+/// SHA-256 of a long id, truncated to 128 bits: collision resistance matters here, since long
+/// ids (URLs, query strings) are often chosen by callers and a collision would serve one key's
+/// entry for another.
 fn hash128(data: &[u8]) -> (u64, u64) {
-    let mut a: u64 = 0xcbf2_9ce4_8422_2325;
-    let mut b: u64 = 0x6c62_272e_07bb_0142;
-    for &x in data {
-        a = (a ^ u64::from(x)).wrapping_mul(0x0100_0000_01b3);
-        b = (b ^ u64::from(x)).wrapping_mul(0x0000_0100_0000_01b3 ^ 0x0002_0000_0000_0000);
-        b = b.rotate_left(5);
-    }
-    (mix(a ^ data.len() as u64), mix(b.wrapping_add(0x9e37_79b9_7f4a_7c15)))
-}
-
-fn mix(mut z: u64) -> u64 {
-    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    z ^ (z >> 31)
+    use sha2::{Digest, Sha256};
+    let d = Sha256::digest(data);
+    let mut a = [0u8; 8];
+    let mut b = [0u8; 8];
+    a.copy_from_slice(&d[..8]);
+    b.copy_from_slice(&d[8..16]);
+    (u64::from_be_bytes(a), u64::from_be_bytes(b))
 }
 
 /// The part of a key Redis Cluster hashes: the bytes between the first `{` and the first `}`
