@@ -686,10 +686,10 @@ where
     /// Removes a key from L1 and every tier, then publishes the invalidation.
     pub async fn invalidate(&self, key: &K) -> Result<(), CacheError> {
         let span = self.span("cache.invalidate", key);
-        self.invalidate_inner(key).instrument(span).await
+        self.invalidate_inner(key, true).instrument(span).await
     }
 
-    async fn invalidate_inner(&self, key: &K) -> Result<(), CacheError> {
+    async fn invalidate_inner(&self, key: &K, publish: bool) -> Result<(), CacheError> {
         let inner = &self.inner;
         let skey = inner.storage_key(&self.ns, key)?;
         inner.epochs.bump(&self.ns, key);
@@ -697,7 +697,9 @@ where
             l1.remove(&self.ns, key);
         }
         inner.settle_tier_writes(inner.tiers.iter().map(|t| t.delete(&skey))).await;
-        inner.publish(&self.ns, InvalidationTarget::Key(skey.id().to_owned())).await;
+        if publish {
+            inner.publish(&self.ns, InvalidationTarget::Key(skey.id().to_owned())).await;
+        }
         Ok(())
     }
 
@@ -709,6 +711,22 @@ where
         self.invalidate(&key).await
     }
 
+    /// Like [`Cache::invalidate_id`] but without publishing on the bus: for invalidations that
+    /// every instance receives on its own (a Redis channel or Postgres `NOTIFY` that all
+    /// instances listen to), where republishing would multiply the messages by the fleet size.
+    pub async fn invalidate_id_unpublished(&self, id: &str) -> Result<(), CacheError> {
+        let key = K::from_key_id(id)
+            .ok_or_else(|| CacheError::InvalidKey("key id does not parse as this cache's key type".into()))?;
+        let span = self.span("cache.invalidate", &key);
+        self.invalidate_inner(&key, false).instrument(span).await
+    }
+
+    /// Like [`Cache::invalidate_tag`] but without publishing on the bus (see
+    /// [`Cache::invalidate_id_unpublished`]).
+    pub async fn invalidate_tag_unpublished(&self, tag: &str) -> Result<(), CacheError> {
+        self.invalidate_tag_inner(tag, false).await
+    }
+
     /// Makes every entry of this namespace carrying `tag` a miss at every level: L1 entries are
     /// dropped, each tier deletes what it can ([`Tier::invalidate_tag`]), entries created
     /// before now that still carry the tag are treated as misses wherever they are read, and
@@ -718,6 +736,10 @@ where
     /// everything else was done: the entries are hidden but still stored there, and the caller may
     /// want to retry once the tier is back.
     pub async fn invalidate_tag(&self, tag: &str) -> Result<(), CacheError> {
+        self.invalidate_tag_inner(tag, true).await
+    }
+
+    async fn invalidate_tag_inner(&self, tag: &str, publish: bool) -> Result<(), CacheError> {
         validate_tag(tag)?;
         let inner = &self.inner;
         let span = tracing::info_span!("cache.invalidate_tag", cache.name = %inner.name, cache.namespace = %self.ns);
@@ -736,7 +758,9 @@ where
                 }
             }
             inner.observers.emit(&CacheEvent::TagInvalidated { cache: &inner.name });
-            inner.publish(&self.ns, InvalidationTarget::Tag(tag.to_owned())).await;
+            if publish {
+                inner.publish(&self.ns, InvalidationTarget::Tag(tag.to_owned())).await;
+            }
             failed.map_or(Ok(()), |e| Err(CacheError::Tier(e)))
         }
         .instrument(span)

@@ -88,38 +88,53 @@ impl ExternalSource for ChannelSource {
 #[async_trait]
 pub trait Invalidate: Send + Sync + 'static {
     /// Drops the key with id `id` (its [`CacheKey::key_id`] form) in `namespace` from every
-    /// level.
-    async fn invalidate_id(&self, namespace: &str, id: &str) -> Result<(), ConsistencyError>;
-    /// Drops every entry tagged `tag` in `namespace`.
-    async fn invalidate_tag(&self, namespace: &str, tag: &str) -> Result<(), ConsistencyError>;
+    /// level; `publish` also tells other instances over the cache's bus.
+    async fn invalidate_id(&self, namespace: &str, id: &str, publish: bool) -> Result<(), ConsistencyError>;
+    /// Drops every entry tagged `tag` in `namespace`; `publish` as above.
+    async fn invalidate_tag(&self, namespace: &str, tag: &str, publish: bool) -> Result<(), ConsistencyError>;
 }
 
 #[async_trait]
 impl<K: CacheKey, V: Send + Sync + 'static> Invalidate for Cache<K, V> {
-    async fn invalidate_id(&self, namespace: &str, id: &str) -> Result<(), ConsistencyError> {
+    async fn invalidate_id(&self, namespace: &str, id: &str, publish: bool) -> Result<(), ConsistencyError> {
         let cache = self.in_namespace(namespace)?;
-        cache.invalidate_id(id).await?;
+        if publish {
+            cache.invalidate_id(id).await?;
+        } else {
+            cache.invalidate_id_unpublished(id).await?;
+        }
         Ok(())
     }
 
-    async fn invalidate_tag(&self, namespace: &str, tag: &str) -> Result<(), ConsistencyError> {
+    async fn invalidate_tag(&self, namespace: &str, tag: &str, publish: bool) -> Result<(), ConsistencyError> {
         let cache = self.in_namespace(namespace)?;
-        cache.invalidate_tag(tag).await?;
+        if publish {
+            cache.invalidate_tag(tag).await?;
+        } else {
+            cache.invalidate_tag_unpublished(tag).await?;
+        }
         Ok(())
     }
 }
 
 /// Maps cache names to invalidation targets.
+///
+/// By default the source is taken to be a **broadcast** (every instance receives every message,
+/// as with a Redis channel or Postgres `NOTIFY`), so an applied message is not republished on
+/// the cache's bus — republishing would multiply each message by the fleet size. With a source
+/// that delivers each message to one instance only (a work queue), call
+/// [`InvalidationRegistry::republish`].
 #[derive(Clone, Default)]
 pub struct InvalidationRegistry {
     targets: HashMap<String, Arc<dyn Invalidate>>,
+    republish: bool,
 }
 
 impl std::fmt::Debug for InvalidationRegistry {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let mut names: Vec<&str> = self.targets.keys().map(String::as_str).collect();
         names.sort_unstable();
-        f.debug_struct("InvalidationRegistry").field("caches", &names).finish()
+        f.debug_struct("InvalidationRegistry").field("caches", &names).field("republish", &self.republish).finish()
     }
 }
 
@@ -143,6 +158,14 @@ impl InvalidationRegistry {
         self.with(name, Arc::new(cache.clone()))
     }
 
+    /// Republishes applied invalidations on each cache's bus (for sources that deliver a
+    /// message to one instance only).
+    #[must_use]
+    pub fn republish(mut self, on: bool) -> Self {
+        self.republish = on;
+        self
+    }
+
     /// The target registered under `name`.
     pub fn get(&self, name: &str) -> Option<&Arc<dyn Invalidate>> {
         self.targets.get(name)
@@ -155,8 +178,10 @@ impl InvalidationRegistry {
             return Err(MessageError::UnknownCache);
         };
         match (&msg.key, &msg.tag) {
-            (Some(id), None) => target.invalidate_id(&msg.namespace, id).await.map(|()| Applied::Key),
-            (None, Some(tag)) => target.invalidate_tag(&msg.namespace, tag).await.map(|()| Applied::Tag),
+            (Some(id), None) => target.invalidate_id(&msg.namespace, id, self.republish).await.map(|()| Applied::Key),
+            (None, Some(tag)) => {
+                target.invalidate_tag(&msg.namespace, tag, self.republish).await.map(|()| Applied::Tag)
+            }
             _ => return Err(MessageError::Malformed("exactly one of `key` and `tag` must be present".into())),
         }
         .map_err(|e| MessageError::Failed(Box::new(e)))

@@ -100,3 +100,44 @@ async fn stop_ends_the_task() {
     let counts = handle.stop();
     assert_eq!(counts.received, 0);
 }
+
+#[tokio::test]
+async fn broadcast_sources_are_not_republished_unless_asked() {
+    use std::sync::Arc;
+    use strata_cache_core::{Clock, LocalBus, SystemClock};
+    let bus = Arc::new(LocalBus::new(64));
+    let build = || async { Cache::<u64, String>::builder("fleet").bus(bus.clone()).build().await.unwrap() };
+    let (here, peer) = (build().await, build().await);
+    let meta = Arc::new(strata_cache_core::expiry::new_meta(
+        &EntryOptions::default(),
+        SystemClock.now(),
+        Duration::ZERO,
+        false,
+        1,
+        0.5,
+    ));
+    // Fill both L1s directly (no bus traffic).
+    for c in [&here, &peer] {
+        for k in [1, 2] {
+            c.l1().unwrap().insert(c.namespace(), k, Some(Arc::new("v".to_string())), meta.clone(), 1);
+        }
+    }
+    let resident = |c: &Cache<u64, String>, k: u64| c.l1().unwrap().get(c.namespace(), &k, SystemClock.now()).is_some();
+    assert!(resident(&peer, 1) && resident(&peer, 2));
+
+    // Default (broadcast): only `here` applies it; nothing reaches the peer through the bus.
+    let quiet = InvalidationRegistry::new().with_cache(&here);
+    quiet.apply(br#"{"cache":"fleet","key":"1"}"#).await.unwrap();
+    assert!(!resident(&here, 1));
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert!(resident(&peer, 1), "a broadcast source is not republished");
+
+    // Republish: the peer hears it over the bus.
+    let loud = InvalidationRegistry::new().with_cache(&here).republish(true);
+    loud.apply(br#"{"cache":"fleet","key":"2"}"#).await.unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(1);
+    while resident(&peer, 2) {
+        assert!(tokio::time::Instant::now() < deadline, "republished invalidation did not reach the peer");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
