@@ -434,7 +434,9 @@ async fn sharded_overflow_drops_and_resyncs() {
     let resync_after = resync_after.expect("a Resync was emitted");
     assert!(resync_after >= 1024, "resync after the queued messages ({resync_after})");
     assert!(invalidations < total, "{invalidations} of {total} delivered: nothing was dropped?");
-    assert_eq!(bus.stats().resyncs(), 1);
+    // Each overflow episode resyncs once; while the publisher keeps going the pump can drain a
+    // little and overflow again, so there may be more than one episode (seen on a loaded CI run).
+    assert!(bus.stats().resyncs() >= 1, "the overflow was reported as a resync");
     assert_eq!(bus.stats().disconnects(), 0, "no reconnect needed");
     // Still subscribed.
     assert!(publish_until_received(&bus, &mut sub, total + 1, Duration::from_secs(3)).await);
