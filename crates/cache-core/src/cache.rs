@@ -107,7 +107,8 @@ struct Inner<K, V> {
     lock: Option<(Arc<dyn LoadLock>, LockOptions)>,
     key_hasher: Option<KeyIdHasher>,
     /// When each `(namespace, tag)` was last invalidated: older entries carrying it are misses.
-    tag_times: RwLock<HashMap<(String, String), Timestamp>>,
+    /// Keyed by namespace, then tag, so that reads look up with borrowed strings.
+    tag_times: RwLock<HashMap<String, HashMap<String, Timestamp>>>,
     has_tag_times: AtomicBool,
     /// Entries carrying any tag created at or before this (ms) are misses: set when old tag
     /// times are forgotten, so forgetting never brings invalidated entries back.
@@ -685,8 +686,18 @@ where
 
     /// Removes a key from L1 and every tier, then publishes the invalidation.
     pub async fn invalidate(&self, key: &K) -> Result<(), CacheError> {
+        self.invalidate_traced(key, true).await
+    }
+
+    async fn invalidate_traced(&self, key: &K, publish: bool) -> Result<(), CacheError> {
         let span = self.span("cache.invalidate", key);
-        self.invalidate_inner(key, true).instrument(span).await
+        self.invalidate_inner(key, publish).instrument(span).await
+    }
+
+    /// A key id received as text, parsed with the key type's `FromStr`.
+    fn parse_id(id: &str) -> Result<K, CacheError> {
+        K::from_key_id(id)
+            .ok_or_else(|| CacheError::InvalidKey("key id does not parse as this cache's key type".into()))
     }
 
     async fn invalidate_inner(&self, key: &K, publish: bool) -> Result<(), CacheError> {
@@ -706,19 +717,14 @@ where
     /// Invalidates a key given its id as text (for adapters that receive invalidations from
     /// outside the process): the id is parsed with the key type's `FromStr`.
     pub async fn invalidate_id(&self, id: &str) -> Result<(), CacheError> {
-        let key = K::from_key_id(id)
-            .ok_or_else(|| CacheError::InvalidKey("key id does not parse as this cache's key type".into()))?;
-        self.invalidate(&key).await
+        self.invalidate_traced(&Self::parse_id(id)?, true).await
     }
 
     /// Like [`Cache::invalidate_id`] but without publishing on the bus: for invalidations that
     /// every instance receives on its own (a Redis channel or Postgres `NOTIFY` that all
     /// instances listen to), where republishing would multiply the messages by the fleet size.
     pub async fn invalidate_id_unpublished(&self, id: &str) -> Result<(), CacheError> {
-        let key = K::from_key_id(id)
-            .ok_or_else(|| CacheError::InvalidKey("key id does not parse as this cache's key type".into()))?;
-        let span = self.span("cache.invalidate", &key);
-        self.invalidate_inner(&key, false).instrument(span).await
+        self.invalidate_traced(&Self::parse_id(id)?, false).await
     }
 
     /// Like [`Cache::invalidate_tag`] but without publishing on the bus (see
@@ -832,10 +838,9 @@ where
             return true;
         }
         let times = self.tag_times.read();
-        meta.tags.iter().any(|t| {
-            // `<=`: within the clock's millisecond, err on the side of a miss rather than stale data.
-            times.get(&(ns.as_str().to_owned(), t.clone())).is_some_and(|&at| meta.created <= at)
-        })
+        let Some(times) = times.get(ns.as_str()) else { return false };
+        // `<=`: within the clock's millisecond, err on the side of a miss rather than stale data.
+        meta.tags.iter().any(|t| times.get(t.as_str()).is_some_and(|&at| meta.created <= at))
     }
 
     /// Records a tag invalidation and drops L1 entries carrying it.
@@ -843,16 +848,19 @@ where
         let now = self.clock.now();
         {
             let mut times = self.tag_times.write();
-            if times.len() >= MAX_TAG_TIMES {
+            if times.values().map(HashMap::len).sum::<usize>() >= MAX_TAG_TIMES {
                 // Forget the oldest half: entries that old have usually expired.
-                let mut all: Vec<Timestamp> = times.values().copied().collect();
+                let mut all: Vec<Timestamp> = times.values().flat_map(|m| m.values().copied()).collect();
                 all.sort_unstable();
                 let cut = all[all.len() / 2];
-                times.retain(|_, t| *t > cut);
+                for m in times.values_mut() {
+                    m.retain(|_, t| *t > cut);
+                }
+                times.retain(|_, m| !m.is_empty());
                 // Everything tagged from before the forgotten invalidations stays invalid.
                 self.tag_floor.fetch_max(cut.0, Ordering::AcqRel);
             }
-            times.insert((ns.as_str().to_owned(), tag.to_owned()), now);
+            times.entry(ns.as_str().to_owned()).or_default().insert(tag.to_owned(), now);
             self.has_tag_times.store(true, Ordering::Release);
         }
         self.epochs.bump_all();

@@ -145,34 +145,26 @@ impl StrataBuilder {
     /// Builds the runtime from the tiers and bus given explicitly (the configuration's
     /// `[redis]` / `[sql]` sections are not connected: use [`StrataBuilder::connect`]).
     pub fn build(self) -> Strata {
-        let topology = Topology {
-            tiers: self.tiers.iter().map(|t| (t.name().to_owned(), "custom".to_owned())).collect(),
-            bus: self.bus.as_ref().map(|b| b.name().to_owned()),
-            lock: None,
-        };
-        Strata {
-            config: Arc::new(self.config),
-            tiers: self.tiers,
-            bus: self.bus,
-            lock: None,
-            observers: self.observers,
-            clock: self.clock,
-            topology: Arc::new(topology),
-            _tasks: Arc::new(()),
-        }
+        self.assemble(backends::Backends::default())
     }
 
     /// Connects the backends the configuration names — `[redis]` (tier behind a circuit
     /// breaker, pub/sub backplane unless `bus = false`, stampede lock when `lock = true`) and
     /// `[sql]` (tier behind a circuit breaker, expired-row sweeper) — below any tiers added
     /// explicitly, then builds the runtime. Breaker transitions go to the observers added so far.
-    pub async fn connect(mut self) -> Result<Strata, ConnectError> {
+    pub async fn connect(self) -> Result<Strata, ConnectError> {
         let fanout: Arc<dyn CacheObserver> = Arc::new(backends::Fanout(self.observers.clone()));
         let b = backends::connect(&self.config, fanout, self.clock.clone()).await?;
+        Ok(self.assemble(b))
+    }
+
+    /// The runtime from the explicitly added tiers and bus plus the connected `b` (below them;
+    /// an explicit bus wins).
+    fn assemble(mut self, b: backends::Backends) -> Strata {
         let mut topology = Topology {
             tiers: self.tiers.iter().map(|t| (t.name().to_owned(), "custom".to_owned())).collect(),
             bus: self.bus.as_ref().map(|b| b.name().to_owned()),
-            lock: None,
+            lock: b.topology.lock,
         };
         topology.tiers.extend(b.topology.tiers);
         self.tiers.extend(b.tiers);
@@ -180,12 +172,11 @@ impl StrataBuilder {
             self.bus = b.bus;
             topology.bus = b.topology.bus;
         }
-        topology.lock = b.topology.lock;
         #[cfg(feature = "sql")]
         let tasks: Arc<dyn std::any::Any + Send + Sync> = Arc::new(b.sweeper);
         #[cfg(not(feature = "sql"))]
         let tasks: Arc<dyn std::any::Any + Send + Sync> = Arc::new(());
-        Ok(Strata {
+        Strata {
             config: Arc::new(self.config),
             tiers: self.tiers,
             bus: self.bus,
@@ -194,7 +185,7 @@ impl StrataBuilder {
             clock: self.clock,
             topology: Arc::new(topology),
             _tasks: tasks,
-        })
+        }
     }
 }
 
