@@ -1,6 +1,6 @@
 //! Real databases for the tests: a temp SQLite file, a fresh PostgreSQL schema, a fresh
-//! MariaDB database. Without `CI=true` an unreachable server skips the test with a message;
-//! with `CI=true` it fails.
+//! MariaDB database. An unreachable server fails the test under `CI=true` (as `cargo xtask test`
+//! sets) and skips it with a message otherwise (`strata_testkit::missing_service`).
 #![allow(dead_code, unreachable_pub, clippy::unwrap_used, missing_docs)]
 
 use std::sync::Arc;
@@ -9,7 +9,7 @@ use strata_cache_sql::sea_orm::{ConnectionTrait, Database, DatabaseConnection};
 use strata_cache_sql::{SqlConfig, SqlTier};
 
 pub fn ci() -> bool {
-    std::env::var("CI").is_ok_and(|v| v == "true" || v == "1")
+    strata_testkit::services_required()
 }
 
 pub fn pg_base_url() -> String {
@@ -21,10 +21,7 @@ pub fn mysql_base_url() -> String {
 }
 
 fn unreachable(what: &str, err: impl std::fmt::Display) -> Option<DbEnv> {
-    if ci() {
-        panic!("{what} is unreachable and CI=true: {err}");
-    }
-    eprintln!("SKIP: {what} unreachable ({err}); set CI=true to make this a failure");
+    strata_testkit::missing_service(what, &err);
     None
 }
 

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 /// Whether a missing service must fail the test (`CI=true`) rather than skip it.
 pub(crate) fn ci() -> bool {
-    std::env::var("CI").as_deref() == Ok("true")
+    strata_testkit::services_required()
 }
 
 /// A Redis server: ours (killed on drop) or the one `STRATA_TEST_REDIS_URL` names.
@@ -46,8 +46,7 @@ pub(crate) fn own_redis() -> Option<Redis> {
     let child = match child {
         Ok(c) => c,
         Err(e) => {
-            assert!(!ci(), "CI=true and redis-server cannot start: {e}");
-            eprintln!("skipping: redis-server not available ({e})");
+            strata_testkit::missing_service("redis-server (cannot start)", &e);
             return None;
         }
     };
