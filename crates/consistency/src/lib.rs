@@ -65,6 +65,7 @@
 //! # }).unwrap();
 //! ```
 
+pub mod dead_letter;
 mod error;
 pub mod external;
 pub mod journal;
@@ -81,4 +82,4 @@ pub use external::{
 pub use journal::{ReplayReport, SyncPolicy, TornTail};
 pub use policy::{CacheAside, WritePolicy, WriteThrough, invalidate_after_write};
 pub use warm::{SnapshotWarm, save_hot_keys, warm_from_snapshot};
-pub use write_behind::{WriteBehind, WriteBehindConfig};
+pub use write_behind::{DeadLetter, WriteBehind, WriteBehindConfig};
