@@ -594,7 +594,7 @@ where
     }
 
     /// Reads the entries of the dead-letter file back (opening sealed lines with the journal's
-    /// codecs). Errors: the file cannot be read, or a line is not a dead-letter entry or cannot
+    /// codecs; plaintext lines written without codecs are read as they are). Errors: the file cannot be read, or a line is not a dead-letter entry or cannot
     /// be opened ([`ConsistencyError::DeadLetterUnreadable`]).
     pub async fn dead_letters(&self) -> Result<Vec<DeadLetter<K, V>>, ConsistencyError> {
         let path = self.shared.journal.dir().join(DEAD_LETTER_FILE);

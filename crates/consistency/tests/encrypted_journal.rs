@@ -523,3 +523,45 @@ async fn a_cache_that_protects_its_data_is_refused_a_plaintext_journal() {
     let (wb, _) = WriteBehind::open(pii, writer, config(dir.path(), Some(aes(1, 7)))).await.unwrap();
     wb.shutdown().await.unwrap();
 }
+
+#[tokio::test]
+async fn a_compressing_cache_needs_its_codec_in_the_journal_which_then_compresses_records() {
+    use strata_security::ZstdCodec;
+    let dir = tempfile::tempdir().unwrap();
+    let zstd = Arc::new(ZstdCodec::new(3).unwrap());
+    let build = || {
+        Cache::<String, String>::builder("people")
+            .tier(Arc::new(MemoryTier::new("l2")))
+            .serializer(Postcard)
+            .codec(zstd.clone())
+            .build()
+    };
+    let writer = Rows::blocked() as Arc<dyn Writer<String, String>>;
+    let plain_cfg = config(dir.path(), None);
+    let err = WriteBehind::open(build().await.unwrap(), writer.clone(), plain_cfg.clone()).await.unwrap_err();
+    assert!(matches!(&err, ConsistencyError::JournalUnprotected { reason, .. } if reason.contains("zstd")), "{err:?}");
+    // A plaintext journal written before compression was configured still replays (nothing
+    // requires a seal), and new records pass through zstd.
+    let (wb, _) = open(None, dir.path(), &Rows::blocked()).await.unwrap();
+    wb.set(key(1), value(1)).await.unwrap();
+    drop(wb);
+    let mut codecs = CodecPipeline::new();
+    codecs.push(zstd.clone()).unwrap();
+    let cfg = plain_cfg.codecs(codecs);
+    let (wb, report) = WriteBehind::open(build().await.unwrap(), writer, cfg.clone()).await.unwrap();
+    assert_eq!(report.requeued, 1);
+    let long = "compressible ".repeat(400);
+    wb.set(key(2), long.clone()).await.unwrap();
+    drop(wb);
+    let newest = segments(dir.path()).pop().unwrap();
+    let bytes = std::fs::read(&newest).unwrap();
+    assert_eq!(&bytes[..8], SEALED_SEGMENT_MAGIC);
+    assert!(bytes.len() < long.len() / 4, "{} bytes for a {}-byte value", bytes.len(), long.len());
+    let rows = Rows::new();
+    let (wb, report) =
+        WriteBehind::open(build().await.unwrap(), rows.clone() as Arc<dyn Writer<String, String>>, cfg).await.unwrap();
+    assert_eq!(report.requeued, 2);
+    tokio::time::timeout(Duration::from_secs(60), wb.flush()).await.unwrap().unwrap();
+    assert_eq!(rows.get(&key(1)), Some(value(1)));
+    assert_eq!(rows.get(&key(2)), Some(long));
+}
