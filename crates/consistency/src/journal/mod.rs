@@ -46,6 +46,7 @@ pub use record::{
     decode_record, scan_segment,
 };
 pub(crate) use seal::{Domain, Sealer, decode_op, encode_op};
+use seal::{Found, FoundRecord, open_records};
 
 use crate::error::ConsistencyError;
 
@@ -107,18 +108,6 @@ pub(crate) enum Data<'a> {
         /// The encoded key.
         key: &'a [u8],
     },
-}
-
-/// A data record found by the scan, before it is opened.
-enum Found {
-    Plain { key: Vec<u8>, value: Option<Vec<u8>> },
-    Sealed(Vec<u8>),
-}
-
-struct FoundRecord {
-    seq: u64,
-    body: Found,
-    segment: PathBuf,
 }
 
 /// A data record to replay.
@@ -214,8 +203,9 @@ impl Journal {
     /// Opens (creating if needed) the journal in `dir`, cuts off a torn tail, and returns the
     /// data records after the last checkpoint, in sequence order, opened with `sealer`. New
     /// data records are sealed when `sealer` has codecs. Plaintext records to replay are
-    /// refused when the sealer requires encryption, unless `replay_plaintext`. Nothing is
-    /// written before every record to replay has been opened. Blocking: call it from
+    /// refused when the sealer requires encryption, unless `replay_plaintext`. Apart from cutting
+    /// off a torn tail, nothing is created or removed before every record to replay has been
+    /// opened. Blocking: call it from
     /// `spawn_blocking`.
     pub(crate) fn open_blocking(
         dir: &Path,
@@ -497,51 +487,6 @@ impl Journal {
     pub(crate) fn segment_count(&self) -> usize {
         self.inner.files.lock().segments.len()
     }
-}
-
-/// Opens the records to replay: sealed ones with `sealer`, plaintext ones as they are unless
-/// the sealer requires encryption and `replay_plaintext` is off. Every record is tried, so the
-/// error counts all that cannot be replayed.
-fn open_records(
-    found: Vec<FoundRecord>,
-    sealer: &Sealer,
-    replay_plaintext: bool,
-) -> Result<Vec<Replayed>, ConsistencyError> {
-    let refuse_plain = sealer.requires_seal() && !replay_plaintext;
-    let mut out = Vec::with_capacity(found.len());
-    let mut unreadable: Option<(PathBuf, u64, strata_cache_core::CodecError)> = None;
-    let mut unreadable_n = 0usize;
-    let mut plain: Option<PathBuf> = None;
-    let mut plain_n = 0usize;
-    for r in found {
-        match r.body {
-            Found::Plain { .. } if refuse_plain => {
-                plain_n += 1;
-                plain.get_or_insert(r.segment);
-            }
-            Found::Plain { key, value } => out.push(Replayed { seq: r.seq, key, value, segment: r.segment }),
-            Found::Sealed(body) => {
-                let opened = sealer.open(Domain::Journal, r.seq, &body).and_then(|p| {
-                    let (key, value) = decode_op(&p)?;
-                    Ok((key.to_vec(), value.map(<[u8]>::to_vec)))
-                });
-                match opened {
-                    Ok((key, value)) => out.push(Replayed { seq: r.seq, key, value, segment: r.segment }),
-                    Err(e) => {
-                        unreadable_n += 1;
-                        unreadable.get_or_insert((r.segment, r.seq, e));
-                    }
-                }
-            }
-        }
-    }
-    if let Some((segment, seq, source)) = unreadable {
-        return Err(ConsistencyError::JournalUnreadable { segment, seq, records: unreadable_n, source });
-    }
-    if let Some(segment) = plain {
-        return Err(ConsistencyError::JournalPlaintext { segment, records: plain_n });
-    }
-    Ok(out)
 }
 
 async fn commit_loop(inner: Arc<Inner>) {

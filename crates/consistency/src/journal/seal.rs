@@ -19,13 +19,21 @@
 //! timestamp in the dead-letter file. An encrypting codec binds its output to both, so a sealed
 //! body moved to another sequence number, another cache or the other file does not open.
 //!
+//! On replay sealed records are opened and plaintext ones are refused when
+//! the pipeline has a codec required on decode (unless plaintext replay is allowed).
+//!
 //! Opening treats the body as hostile: a malformed body, an unknown codec, a missing required
 //! codec (plaintext planted in the journal), a wrong key or a tampered byte is a
 //! [`CodecError`], never a panic.
 
+use std::path::PathBuf;
+
 use bytes::Bytes;
 use strata_cache_core::frame::CodecStep;
 use strata_cache_core::{CacheError, CodecContext, CodecError, CodecPipeline, Key, Namespace};
+
+use super::Replayed;
+use crate::error::ConsistencyError;
 
 /// The key id in the codec context of sealed records (never a cache key).
 const CONTEXT_ID: &str = "write-behind";
@@ -166,6 +174,66 @@ impl Sealer {
         let plain = self.pipeline.decode(&ctx, &steps, Bytes::copy_from_slice(rest))?;
         Ok(plain.to_vec())
     }
+}
+
+/// A data record found by the journal scan, before it is opened.
+pub(super) enum Found {
+    /// A plaintext put (`value` is `Some`) or delete.
+    Plain { key: Vec<u8>, value: Option<Vec<u8>> },
+    /// A sealed body.
+    Sealed(Vec<u8>),
+}
+
+/// A found data record and where it was.
+pub(super) struct FoundRecord {
+    pub(super) seq: u64,
+    pub(super) body: Found,
+    pub(super) segment: PathBuf,
+}
+
+/// Opens the records to replay: sealed ones with `sealer`, plaintext ones as they are unless
+/// the sealer requires encryption and `replay_plaintext` is off. Every record is tried, so the
+/// error counts all that cannot be replayed.
+pub(super) fn open_records(
+    found: Vec<FoundRecord>,
+    sealer: &Sealer,
+    replay_plaintext: bool,
+) -> Result<Vec<Replayed>, ConsistencyError> {
+    let refuse_plain = sealer.requires_seal() && !replay_plaintext;
+    let mut out = Vec::with_capacity(found.len());
+    let mut unreadable: Option<(PathBuf, u64, CodecError)> = None;
+    let mut unreadable_n = 0usize;
+    let mut plain: Option<PathBuf> = None;
+    let mut plain_n = 0usize;
+    for r in found {
+        match r.body {
+            Found::Plain { .. } if refuse_plain => {
+                plain_n += 1;
+                plain.get_or_insert(r.segment);
+            }
+            Found::Plain { key, value } => out.push(Replayed { seq: r.seq, key, value, segment: r.segment }),
+            Found::Sealed(body) => {
+                let opened = sealer.open(Domain::Journal, r.seq, &body).and_then(|p| {
+                    let (key, value) = decode_op(&p)?;
+                    Ok((key.to_vec(), value.map(<[u8]>::to_vec)))
+                });
+                match opened {
+                    Ok((key, value)) => out.push(Replayed { seq: r.seq, key, value, segment: r.segment }),
+                    Err(e) => {
+                        unreadable_n += 1;
+                        unreadable.get_or_insert((r.segment, r.seq, e));
+                    }
+                }
+            }
+        }
+    }
+    if let Some((segment, seq, source)) = unreadable {
+        return Err(ConsistencyError::JournalUnreadable { segment, seq, records: unreadable_n, source });
+    }
+    if let Some(segment) = plain {
+        return Err(ConsistencyError::JournalPlaintext { segment, records: plain_n });
+    }
+    Ok(out)
 }
 
 #[cfg(test)]
