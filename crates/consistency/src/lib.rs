@@ -16,7 +16,9 @@
 //!     [journal] (length-prefixed, CRC-checked records; group commit; segment files) before
 //!     `set` returns; a background flusher coalesces per key, writes batches, retries with
 //!     backoff and checkpoints; a restart replays what the source had not confirmed. Bounded:
-//!     a full backlog gives [`ConsistencyError::Overloaded`] after a deadline.
+//!     a full backlog gives [`ConsistencyError::Overloaded`] after a deadline. Given the
+//!     cache's codecs ([`WriteBehindConfig::codecs`]), journal records and dead-letter lines are
+//!     sealed (encrypted), and an encrypting cache is refused a plaintext journal.
 //! - Warming: [`save_hot_keys`] / [`warm_from_snapshot`] ([`warm`]).
 //! - Outside invalidations: [`ExternalInvalidator`] applies JSON messages from an
 //!   [`ExternalSource`] to the caches of an [`InvalidationRegistry`] ([`external`]).

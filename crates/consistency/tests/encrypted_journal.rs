@@ -224,6 +224,25 @@ async fn encrypted_journal_directory_holds_no_plaintext_pii() {
     assert!(dl.contains("sealed_hex") && !dl.contains("key_postcard_hex"), "{dl}");
     let hits = pii_hits(dir.path());
     assert!(hits.is_empty(), "plaintext PII in the journal directory: {hits:?}");
+
+    // The dead-letter line opens only with the right key, and only unaltered.
+    let (wb, report) = open(Some(aes(1, 8)), dir.path(), &Rows::blocked()).await.unwrap();
+    assert_eq!(report.requeued, 0, "everything was confirmed: nothing to open");
+    let err = wb.dead_letters().await.unwrap_err();
+    assert!(matches!(err, ConsistencyError::DeadLetterUnreadable { line: 1, .. }), "{err:?}");
+    drop(wb);
+    let path = dir.path().join("journal").join(DEAD_LETTER_FILE);
+    let line = std::fs::read_to_string(&path).unwrap();
+    let at = line.find("sealed_hex\":\"").unwrap() + 40;
+    let mut tampered = line.clone().into_bytes();
+    tampered[at] = if tampered[at] == b'0' { b'1' } else { b'0' };
+    std::fs::write(&path, &tampered).unwrap();
+    let (wb, _) = open(Some(codec.clone()), dir.path(), &Rows::blocked()).await.unwrap();
+    let err = wb.dead_letters().await.unwrap_err();
+    assert!(matches!(err, ConsistencyError::DeadLetterUnreadable { line: 1, .. }), "{err:?}");
+    assert!(!err.to_string().contains("alice"), "{err}");
+    std::fs::write(&path, &line).unwrap();
+    assert_eq!(wb.dead_letters().await.unwrap().len(), 1);
 }
 
 #[tokio::test]
