@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use strata_cache_core::{CacheError, ConfigError, SharedError};
+use strata_cache_core::{CacheError, CodecError, ConfigError, SharedError};
 
 use crate::journal::RecordError;
 
@@ -75,6 +75,59 @@ pub enum ConsistencyError {
         seq: u64,
         /// The decoder's message.
         message: String,
+    },
+    /// Journal records to replay cannot be opened with this policy's codecs: a wrong or retired
+    /// key, a codec that is not configured, or a record altered on disk (a sealed record is
+    /// bound to its sequence number and cache). Nothing was replayed, written or deleted: open
+    /// again with the codecs and keys the journal was written with.
+    #[error(
+        "{records} journal record(s) cannot be opened with the configured codecs (first: seq {seq} in {segment}); nothing was replayed or deleted: {source}"
+    )]
+    JournalUnreadable {
+        /// The segment holding the first such record.
+        segment: PathBuf,
+        /// The first such record's sequence number.
+        seq: u64,
+        /// How many records to replay cannot be opened.
+        records: usize,
+        /// Why the first one cannot be opened.
+        #[source]
+        source: CodecError,
+    },
+    /// The journal encrypts (its codecs include one required on decode) but holds plaintext
+    /// records to replay: written without encryption (an older version or configuration) or
+    /// planted. They are refused; to migrate a journal written without encryption, open it
+    /// once with [`WriteBehindConfig::replay_plaintext`](crate::WriteBehindConfig::replay_plaintext).
+    /// Nothing was replayed, written or deleted.
+    #[error(
+        "{records} plaintext journal record(s) to replay (first in {segment}) but the journal is configured to encrypt; nothing was replayed (set replay_plaintext to migrate them once)"
+    )]
+    JournalPlaintext {
+        /// The segment holding the first plaintext record.
+        segment: PathBuf,
+        /// How many plaintext records there are to replay.
+        records: usize,
+    },
+    /// Write-behind was refused because its journal and dead-letter file would keep in
+    /// plaintext what the cache protects (it encrypts or hashes key ids for its remote tiers):
+    /// give [`WriteBehindConfig::codecs`](crate::WriteBehindConfig::codecs) the cache's codecs.
+    #[error("write-behind for cache `{cache}` refused: {reason}")]
+    JournalUnprotected {
+        /// The cache's name.
+        cache: Arc<str>,
+        /// What is missing.
+        reason: String,
+    },
+    /// A line of the dead-letter file cannot be read (not JSON, a field missing, or a sealed
+    /// entry that the configured codecs cannot open).
+    #[error("dead-letter file {path} line {line} cannot be read: {reason}")]
+    DeadLetterUnreadable {
+        /// The file.
+        path: PathBuf,
+        /// The line number (1-based).
+        line: usize,
+        /// What is wrong.
+        reason: String,
     },
     /// The journal failed earlier (an I/O error while committing) and accepts no more writes;
     /// reopen it to replay what was durable.

@@ -16,7 +16,9 @@
 //!     [journal] (length-prefixed, CRC-checked records; group commit; segment files) before
 //!     `set` returns; a background flusher coalesces per key, writes batches, retries with
 //!     backoff and checkpoints; a restart replays what the source had not confirmed. Bounded:
-//!     a full backlog gives [`ConsistencyError::Overloaded`] after a deadline.
+//!     a full backlog gives [`ConsistencyError::Overloaded`] after a deadline. Given the
+//!     cache's codecs ([`WriteBehindConfig::codecs`]), journal records and dead-letter lines are
+//!     sealed (encrypted), and an encrypting cache is refused a plaintext journal.
 //! - Warming: [`save_hot_keys`] / [`warm_from_snapshot`] ([`warm`]).
 //! - Outside invalidations: [`ExternalInvalidator`] applies JSON messages from an
 //!   [`ExternalSource`] to the caches of an [`InvalidationRegistry`] ([`external`]).
@@ -65,6 +67,7 @@
 //! # }).unwrap();
 //! ```
 
+pub mod dead_letter;
 mod error;
 pub mod external;
 pub mod journal;
@@ -81,4 +84,4 @@ pub use external::{
 pub use journal::{ReplayReport, SyncPolicy, TornTail};
 pub use policy::{CacheAside, WritePolicy, WriteThrough, invalidate_after_write};
 pub use warm::{SnapshotWarm, save_hot_keys, warm_from_snapshot};
-pub use write_behind::{WriteBehind, WriteBehindConfig};
+pub use write_behind::{DeadLetter, WriteBehind, WriteBehindConfig};

@@ -22,6 +22,19 @@
 //! flusher keeps retrying with backoff and `set` applies backpressure. If the dead-letter file
 //! cannot be written, the entry keeps being retried.
 //!
+//! **Encryption at rest**: give [`WriteBehindConfig::codecs`] the cache's codecs (the same
+//! [`CodecPipeline`] as its remote tiers, e.g. AES-256-GCM). Journal records then hold only a
+//! sequence number and a sealed body (key and value together, bound to that sequence number),
+//! and dead-letter lines hold a sealed body instead of hex postcard bytes; no key id and no
+//! value is stored in plaintext, whether or not the cache hashes key ids. Opening refuses
+//! ([`ConsistencyError::JournalUnprotected`]) a cache whose codecs are not all in the
+//! journal's, or that hashes key ids (a PII cache) while the journal has no codec required on
+//! decode (encryption). Replay with a wrong key, a missing codec or an altered record fails
+//! with [`ConsistencyError::JournalUnreadable`], naming how many records cannot be replayed;
+//! nothing is dropped or deleted. A journal written without codecs (an older version) is
+//! refused by an encrypting policy ([`ConsistencyError::JournalPlaintext`]) unless
+//! [`WriteBehindConfig::replay_plaintext`] allows replaying it once.
+//!
 //! Keys and values are stored in the journal as [postcard](https://docs.rs/postcard) bytes, so
 //! `K` and `V` need serde's `Serialize + DeserializeOwned`. Changing their serde shape while
 //! records are still journaled makes [`WriteBehind::open`] fail with
@@ -39,7 +52,6 @@
 //! One process per journal directory.
 
 use std::collections::{HashMap, VecDeque};
-use std::io::Write;
 use std::panic::AssertUnwindSafe;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -51,11 +63,13 @@ use futures::future::join_all;
 use parking_lot::Mutex;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
-use strata_cache_core::{BoxError, Cache, CacheEvent, CacheKey, CacheObserver, ConfigError, Writer};
+use strata_cache_core::{BoxError, Cache, CacheEvent, CacheKey, CacheObserver, CodecPipeline, ConfigError, Writer};
 use tokio::sync::{Notify, Semaphore, watch};
 
+use crate::dead_letter;
+pub use crate::dead_letter::{DEAD_LETTER_FILE, DeadLetter};
 use crate::error::ConsistencyError;
-use crate::journal::{Journal, MAX_PAYLOAD_LEN, RECORD_HEADER_LEN, Record, ReplayReport, SyncPolicy};
+use crate::journal::{Data, Journal, MAX_PAYLOAD_LEN, RECORD_HEADER_LEN, ReplayReport, Sealer, SyncPolicy};
 use crate::stripes::Stripes;
 
 /// Settings of a [`WriteBehind`] policy.
@@ -95,6 +109,13 @@ pub struct WriteBehindConfig {
     pub dead_letter_after: Duration,
     /// Receives [`CacheEvent::WriteBehindBacklog`] and [`CacheEvent::WriteBehindFlush`].
     pub observer: Option<Arc<dyn CacheObserver>>,
+    /// Codecs that seal journal records and dead-letter lines (default none: plaintext). Give
+    /// it the cache's codecs; an encrypting cache is refused without them.
+    pub codecs: CodecPipeline,
+    /// Whether an encrypting journal replays plaintext records found in it (default `false`:
+    /// [`ConsistencyError::JournalPlaintext`]). Set it once to migrate a journal written
+    /// without encryption.
+    pub replay_plaintext: bool,
 }
 
 impl std::fmt::Debug for WriteBehindConfig {
@@ -113,6 +134,8 @@ impl std::fmt::Debug for WriteBehindConfig {
             .field("max_attempts_before_split", &self.max_attempts_before_split)
             .field("dead_letter_after", &self.dead_letter_after)
             .field("observer", &self.observer.is_some())
+            .field("codecs", &self.codecs)
+            .field("replay_plaintext", &self.replay_plaintext)
             .finish()
     }
 }
@@ -134,7 +157,23 @@ impl WriteBehindConfig {
             max_attempts_before_split: 5,
             dead_letter_after: Duration::from_secs(300),
             observer: None,
+            codecs: CodecPipeline::new(),
+            replay_plaintext: false,
         }
+    }
+
+    /// Seals journal records and dead-letter lines with `codecs` (pass the cache's codecs, e.g.
+    /// its AES-256-GCM codec; see the [module documentation](crate::write_behind)).
+    pub fn codecs(mut self, codecs: CodecPipeline) -> Self {
+        self.codecs = codecs;
+        self
+    }
+
+    /// Lets an encrypting journal replay plaintext records (to migrate a journal written
+    /// without encryption; new records are sealed).
+    pub fn replay_plaintext(mut self, allow: bool) -> Self {
+        self.replay_plaintext = allow;
+        self
     }
 
     /// Sets the sync policy.
@@ -252,6 +291,7 @@ struct Pending<K, V> {
 
 struct Shared<K, V> {
     name: Arc<str>,
+    sealer: Arc<Sealer>,
     cache: Cache<K, V>,
     writer: Arc<dyn Writer<K, V>>,
     journal: Journal,
@@ -314,6 +354,31 @@ fn encode<T: Serialize>(what: &'static str, t: &T) -> Result<Vec<u8>, Consistenc
     postcard::to_allocvec(t).map_err(|e| ConsistencyError::Encode { what, message: e.to_string() })
 }
 
+/// Refuses a journal that would keep in plaintext what the cache protects.
+fn check_protected<K, V>(cache: &Cache<K, V>, codecs: &CodecPipeline) -> Result<(), ConsistencyError>
+where
+    K: CacheKey,
+    V: Send + Sync + 'static,
+{
+    let journal: Vec<&'static str> = codecs.codecs().iter().map(|c| c.name()).collect();
+    let missing: Vec<&'static str> = cache.codec_names().into_iter().filter(|n| !journal.contains(n)).collect();
+    let refuse = |reason: String| ConsistencyError::JournalUnprotected { cache: Arc::from(cache.name()), reason };
+    if !missing.is_empty() {
+        return Err(refuse(format!(
+            "the cache's codecs {missing:?} are not among the journal's {journal:?}: the journal would store what \
+             its remote tiers protect; pass the cache's codecs to WriteBehindConfig::codecs"
+        )));
+    }
+    if cache.hashes_key_ids() && !codecs.codecs().iter().any(|c| c.required_on_decode()) {
+        return Err(refuse(
+            "the cache hashes key ids for its remote tiers but the journal has no encrypting codec (one required \
+             on decode): keys would be stored in plaintext; pass the cache's codecs to WriteBehindConfig::codecs"
+                .to_owned(),
+        ));
+    }
+    Ok(())
+}
+
 impl<K, V> WriteBehind<K, V>
 where
     K: CacheKey + Serialize + DeserializeOwned,
@@ -322,19 +387,28 @@ where
     /// Opens the journal in `config.dir` (creating it), replays what the source has not
     /// confirmed, and starts the flusher on the current tokio runtime.
     ///
-    /// Errors: invalid config, journal I/O, [`ConsistencyError::JournalCorrupt`] for damage in
-    /// the middle of the journal, [`ConsistencyError::JournalDecode`] for records that do not
-    /// decode as `K`/`V`. A torn tail is cut off and reported in [`ReplayReport::torn_tail`].
+    /// Errors: invalid config, [`ConsistencyError::JournalUnprotected`] when the journal would
+    /// store in plaintext what the cache protects, journal I/O,
+    /// [`ConsistencyError::JournalCorrupt`] for damage in the middle of the journal,
+    /// [`ConsistencyError::JournalUnreadable`] for sealed records the configured codecs cannot
+    /// open (wrong key, altered record), [`ConsistencyError::JournalPlaintext`] for plaintext
+    /// records in an encrypting journal, [`ConsistencyError::JournalDecode`] for records that do
+    /// not decode as `K`/`V`. A torn tail is cut off and reported in
+    /// [`ReplayReport::torn_tail`].
     pub async fn open(
         cache: Cache<K, V>,
         writer: Arc<dyn Writer<K, V>>,
         config: WriteBehindConfig,
     ) -> Result<(Self, ReplayReport), ConsistencyError> {
         config.validate()?;
-        let (dir, sync, seg) = (config.dir.clone(), config.sync, config.segment_bytes);
-        let (journal, replayed, report) = tokio::task::spawn_blocking(move || Journal::open_blocking(&dir, sync, seg))
-            .await
-            .map_err(|e| ConsistencyError::JournalFailed(Arc::from(format!("journal open task failed: {e}"))))??;
+        check_protected(&cache, &config.codecs)?;
+        let sealer = Arc::new(Sealer::new(config.codecs.clone(), cache.name(), cache.namespace().clone())?);
+        let (dir, sync, seg, plain) = (config.dir.clone(), config.sync, config.segment_bytes, config.replay_plaintext);
+        let s2 = sealer.clone();
+        let (journal, replayed, report) =
+            tokio::task::spawn_blocking(move || Journal::open_blocking(&dir, sync, seg, s2, plain))
+                .await
+                .map_err(|e| ConsistencyError::JournalFailed(Arc::from(format!("journal open task failed: {e}"))))??;
         let mut pending = VecDeque::with_capacity(replayed.len());
         let mut confirmed = report.checkpoint;
         for r in replayed {
@@ -357,6 +431,7 @@ where
         let backlog = pending.len();
         let shared = Arc::new(Shared {
             name: Arc::from(cache.name()),
+            sealer,
             cache,
             writer,
             journal,
@@ -413,10 +488,9 @@ where
             let _g = s.stripes.lock(&key).await;
             let stored = s.cache.set(key.clone(), value.clone()).await?;
             let k2 = key.clone();
-            let appended = s.journal.append_data(
-                |seq| Record::Put { seq, key: &kb, value: &vb },
-                |seq| s.push(Pending { seq, op: Op::Put(k2, value), held: true }),
-            );
+            let appended = s.journal.append_data(Data::Put { key: &kb, value: &vb }, |seq| {
+                s.push(Pending { seq, op: Op::Put(k2, value), held: true });
+            });
             match appended {
                 Ok(seq) => {
                     permit.forget();
@@ -448,10 +522,9 @@ where
             let permit = s.acquire().await?;
             let _g = s.stripes.lock(&key).await;
             s.cache.invalidate(&key).await?;
-            let seq = s.journal.append_data(
-                |seq| Record::Delete { seq, key: &kb },
-                |seq| s.push(Pending { seq, op: Op::Delete(key), held: true }),
-            )?;
+            let seq = s.journal.append_data(Data::Delete { key: &kb }, |seq| {
+                s.push(Pending { seq, op: Op::Delete(key), held: true })
+            })?;
             permit.forget();
             Ok(seq)
         })
@@ -520,6 +593,17 @@ where
         self.shared.dead_lettered.load(Ordering::Relaxed)
     }
 
+    /// Reads the entries of the dead-letter file back (opening sealed lines with the journal's
+    /// codecs; plaintext lines written without codecs are read as they are). Errors: the file cannot be read, or a line is not a dead-letter entry or cannot
+    /// be opened ([`ConsistencyError::DeadLetterUnreadable`]).
+    pub async fn dead_letters(&self) -> Result<Vec<DeadLetter<K, V>>, ConsistencyError> {
+        let path = self.shared.journal.dir().join(DEAD_LETTER_FILE);
+        let sealer = self.shared.sealer.clone();
+        tokio::task::spawn_blocking(move || dead_letter::read(&path, &sealer))
+            .await
+            .map_err(|e| ConsistencyError::JournalFailed(Arc::from(format!("dead-letter read task failed: {e}"))))?
+    }
+
     /// Source batches written successfully.
     pub fn batches(&self) -> u64 {
         self.shared.batches.load(Ordering::Relaxed)
@@ -537,9 +621,6 @@ where
     }
 }
 
-/// The dead-letter file's name, in the journal directory.
-pub const DEAD_LETTER_FILE: &str = "dead-letter.jsonl";
-
 /// Splits a lane part in two non-empty halves (it holds at least two entries).
 fn split_lane<K, V>((mut puts, mut deletes): Lane<K, V>) -> (Lane<K, V>, Lane<K, V>) {
     if !puts.is_empty() && !deletes.is_empty() {
@@ -552,15 +633,6 @@ fn split_lane<K, V>((mut puts, mut deletes): Lane<K, V>) -> (Lane<K, V>, Lane<K,
         let rest = deletes.split_off(deletes.len() / 2);
         ((Vec::new(), deletes), (Vec::new(), rest))
     }
-}
-
-fn hex(bytes: &[u8]) -> String {
-    use std::fmt::Write as _;
-    let mut s = String::with_capacity(bytes.len() * 2);
-    for b in bytes {
-        let _ = write!(s, "{b:02x}");
-    }
-    s
 }
 
 /// Runs `fut` as its own task and waits for it (the task finishes even if the caller stops
@@ -766,38 +838,10 @@ where
         dead
     }
 
-    /// Appends one entry to `dead-letter.jsonl` in the journal directory, synced.
+    /// Appends one entry to `dead-letter.jsonl` in the journal directory, synced (sealed when
+    /// the journal has codecs).
     fn dead_letter(&self, puts: &[(K, V)], deletes: &[K]) -> std::io::Result<()> {
-        let bad = |e: postcard::Error| std::io::Error::other(format!("dead-letter encoding failed: {e}"));
-        let unix_ms = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
-        let mut text = String::new();
-        for (k, v) in puts {
-            let line = serde_json::json!({
-                "cache": &*self.name,
-                "op": "put",
-                "key_postcard_hex": hex(&postcard::to_allocvec(k).map_err(bad)?),
-                "value_postcard_hex": hex(&postcard::to_allocvec(v).map_err(bad)?),
-                "unix_ms": unix_ms,
-            });
-            text.push_str(&line.to_string());
-            text.push('\n');
-        }
-        for k in deletes {
-            let line = serde_json::json!({
-                "cache": &*self.name,
-                "op": "delete",
-                "key_postcard_hex": hex(&postcard::to_allocvec(k).map_err(bad)?),
-                "unix_ms": unix_ms,
-            });
-            text.push_str(&line.to_string());
-            text.push('\n');
-        }
-        let path = self.journal.dir().join(DEAD_LETTER_FILE);
-        let mut f = std::fs::OpenOptions::new().create(true).append(true).open(&path)?;
-        f.write_all(text.as_bytes())?;
-        f.sync_data()
+        dead_letter::append(self.journal.dir(), &self.name, &self.sealer, puts, deletes)
     }
 
     async fn flush_batch(&self, batch: Vec<Pending<K, V>>) {

@@ -1,5 +1,6 @@
 //! THE crash test: a child process doing write-behind is SIGKILLed mid-load; after a restart
-//! and replay, every write it acknowledged is in the (durable, file-backed) source.
+//! and replay, every write it acknowledged is in the (durable, file-backed) source. Once with a
+//! plaintext journal, once with the journal sealed by the cache's AES-256-GCM codec.
 #![allow(clippy::unwrap_used)]
 mod common;
 
@@ -11,11 +12,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::{FileWriter, cache};
-use strata_cache_core::Writer;
+use strata_cache_core::{Cache, CodecPipeline, MemoryTier, Postcard, Writer};
+use strata_consistency::journal::{SEALED_SEGMENT_MAGIC, SEGMENT_MAGIC};
 use strata_consistency::{SyncPolicy, WriteBehind, WriteBehindConfig};
+use strata_security::{AesGcmCodec, DataKey, KeyId, Keyring};
 
 const DIR_ENV: &str = "STRATA_CRASH_TEST_DIR";
 const SYNC_ENV: &str = "STRATA_CRASH_TEST_SYNC";
+const ENCRYPT_ENV: &str = "STRATA_CRASH_TEST_ENCRYPT";
 const WORKERS: u64 = 8;
 const KEYS_PER_WORKER: u64 = 50;
 
@@ -28,8 +32,34 @@ fn sync_policy(name: &str) -> SyncPolicy {
     }
 }
 
-fn wb_config(dir: &Path, sync: SyncPolicy) -> WriteBehindConfig {
+/// The same key in the child and the parent (as a deployment reads it from its key file).
+fn codec() -> Arc<AesGcmCodec> {
+    let ring = Keyring::new();
+    ring.insert(DataKey::new(KeyId(3), &[0x42; 32]).unwrap()).unwrap();
+    Arc::new(AesGcmCodec::new(Arc::new(ring)).unwrap())
+}
+
+/// The cache and its codecs (none, or AES-256-GCM for both the tier and the journal).
+async fn cache_for(encrypt: bool) -> (Cache<u64, String>, CodecPipeline) {
+    if !encrypt {
+        return (cache("crash").await.0, CodecPipeline::new());
+    }
+    let codec = codec();
+    let mut codecs = CodecPipeline::new();
+    codecs.push(codec.clone()).unwrap();
+    let cache = Cache::builder("crash")
+        .tier(Arc::new(MemoryTier::new("l2")))
+        .serializer(Postcard)
+        .codec(codec)
+        .build()
+        .await
+        .unwrap();
+    (cache, codecs)
+}
+
+fn wb_config(dir: &Path, sync: SyncPolicy, codecs: CodecPipeline) -> WriteBehindConfig {
     WriteBehindConfig::new(dir.join("journal"))
+        .codecs(codecs)
         .sync(sync)
         .segment_bytes(16 * 1024)
         .batch_delay(Duration::from_millis(2))
@@ -50,13 +80,15 @@ fn crash_child() {
     let Ok(dir) = std::env::var(DIR_ENV) else { return };
     let dir = PathBuf::from(dir);
     let sync = sync_policy(&std::env::var(SYNC_ENV).unwrap_or_default());
+    let encrypt = std::env::var(ENCRYPT_ENV).is_ok_and(|v| v == "1");
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
     rt.block_on(async move {
-        let (cache, _) = cache("crash").await;
+        let (cache, codecs) = cache_for(encrypt).await;
         // A slow source (2 ms per batch + fsync): there is always a backlog when the kill lands.
         let writer = FileWriter::open(&source_path(&dir), Duration::from_millis(2));
-        let (wb, _) =
-            WriteBehind::open(cache, writer as Arc<dyn Writer<u64, String>>, wb_config(&dir, sync)).await.unwrap();
+        let (wb, _) = WriteBehind::open(cache, writer as Arc<dyn Writer<u64, String>>, wb_config(&dir, sync, codecs))
+            .await
+            .unwrap();
         let out = Arc::new(std::sync::Mutex::new(std::io::stdout()));
         let tasks: Vec<_> = (0..WORKERS)
             .map(|w| {
@@ -78,7 +110,7 @@ fn crash_child() {
     });
 }
 
-fn run_round(round: usize, kill_after: usize, sync: &str) -> (usize, usize, usize) {
+fn run_round(round: usize, kill_after: usize, sync: &str, encrypt: bool) -> (usize, usize, usize) {
     let dir = tempfile::tempdir().unwrap();
     let exe = std::env::current_exe().unwrap();
     let stderr = std::fs::File::create(dir.path().join("child.stderr")).unwrap();
@@ -86,6 +118,7 @@ fn run_round(round: usize, kill_after: usize, sync: &str) -> (usize, usize, usiz
         .args(["--exact", "crash_child", "--ignored", "--nocapture", "--test-threads=1"])
         .env(DIR_ENV, dir.path())
         .env(SYNC_ENV, sync)
+        .env(ENCRYPT_ENV, if encrypt { "1" } else { "0" })
         .stdout(Stdio::piped())
         .stderr(stderr)
         .spawn()
@@ -131,15 +164,24 @@ fn run_round(round: usize, kill_after: usize, sync: &str) -> (usize, usize, usiz
     let before = FileWriter::read(&source_path(dir.path()));
     let missing_before =
         acked.iter().filter(|(k, v)| before.get(k).and_then(|s| s.parse::<u64>().ok()).is_none_or(|s| s < **v)).count();
+    // The journal the child left is in the format the round asked for.
+    let magic = if encrypt { SEALED_SEGMENT_MAGIC } else { SEGMENT_MAGIC };
+    for e in std::fs::read_dir(dir.path().join("journal")).unwrap() {
+        let p = e.unwrap().path();
+        if p.extension().is_some_and(|x| x == "wal") {
+            let bytes = std::fs::read(&p).unwrap();
+            // A segment torn at its creation may be shorter than its magic.
+            let n = bytes.len().min(magic.len());
+            assert_eq!(&bytes[..n], &magic[..n], "round {round}: {p:?}");
+        }
+    }
 
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
     let report = rt.block_on(async {
-        let (cache, _) = cache("crash").await;
+        let (cache, codecs) = cache_for(encrypt).await;
         let writer = FileWriter::open(&source_path(dir.path()), Duration::ZERO);
-        let (wb, report) =
-            WriteBehind::open(cache, writer as Arc<dyn Writer<u64, String>>, wb_config(dir.path(), SyncPolicy::Always))
-                .await
-                .unwrap();
+        let config = wb_config(dir.path(), SyncPolicy::Always, codecs);
+        let (wb, report) = WriteBehind::open(cache, writer as Arc<dyn Writer<u64, String>>, config).await.unwrap();
         tokio::time::timeout(Duration::from_secs(30), wb.shutdown()).await.unwrap().unwrap();
         report
     });
@@ -152,7 +194,7 @@ fn run_round(round: usize, kill_after: usize, sync: &str) -> (usize, usize, usiz
         }
     }
     eprintln!(
-        "round {round} ({sync}): {total} acks over {} keys, {missing_before} keys needed the journal, replay {report:?}, lost {}",
+        "round {round} ({sync}, encrypt {encrypt}): {total} acks over {} keys, {missing_before} keys needed the journal, replay {report:?}, lost {}",
         acked.len(),
         lost.len()
     );
@@ -166,11 +208,25 @@ fn crash_kill_9_loses_no_acknowledged_write() {
     let mut acks = 0;
     let rounds = [(300usize, "always"), (1200, "batched"), (2500, "always"), (700, "never"), (1500, "batched")];
     for (round, (kill_after, sync)) in rounds.into_iter().enumerate() {
-        let (total, missing_before, _) = run_round(round, kill_after, sync);
+        let (total, missing_before, _) = run_round(round, kill_after, sync, false);
         acks += total;
         needed_journal += missing_before;
     }
     assert!(acks >= 6200);
     // The test only proves something if the kill left acknowledged writes outside the source.
+    assert!(needed_journal > 0, "every acknowledged write was already in the source at each kill");
+}
+
+#[test]
+fn crash_kill_9_with_an_encrypted_journal_loses_no_acknowledged_write() {
+    let mut needed_journal = 0;
+    let mut acks = 0;
+    let rounds = [(400usize, "always"), (1500, "batched"), (900, "never"), (2500, "always")];
+    for (round, (kill_after, sync)) in rounds.into_iter().enumerate() {
+        let (total, missing_before, _) = run_round(round, kill_after, sync, true);
+        acks += total;
+        needed_journal += missing_before;
+    }
+    assert!(acks >= 5300);
     assert!(needed_journal > 0, "every acknowledged write was already in the source at each kill");
 }

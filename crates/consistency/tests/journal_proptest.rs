@@ -5,7 +5,7 @@ use strata_consistency::journal::{Record, SEGMENT_MAGIC, ScanEnd, decode_record,
 
 fn arb_record() -> impl Strategy<Value = (u8, u64, Vec<u8>, Vec<u8>)> {
     (
-        0u8..3,
+        0u8..4,
         any::<u64>(),
         proptest::collection::vec(any::<u8>(), 0..64),
         proptest::collection::vec(any::<u8>(), 0..256),
@@ -16,6 +16,7 @@ fn build<'a>(kind: u8, n: u64, key: &'a [u8], value: &'a [u8]) -> Record<'a> {
     match kind {
         0 => Record::Put { seq: n, key, value },
         1 => Record::Delete { seq: n, key },
+        2 => Record::Sealed { seq: n, body: value },
         _ => Record::Checkpoint { confirmed: n },
     }
 }

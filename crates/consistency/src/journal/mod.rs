@@ -12,12 +12,23 @@
 //! - **Open/replay**: every segment is scanned in order. The highest checkpoint wins; data
 //!   records after it are handed back to be written to the source again. Damage at the end of
 //!   the last segment with no valid record after it is a torn tail from a crash: it is cut off
-//!   and reported. Damage anywhere else is [`ConsistencyError::JournalCorrupt`].
+//!   and reported. Damage anywhere else, and a record whose checksums match but whose content is
+//!   malformed (even at the end), is [`ConsistencyError::JournalCorrupt`].
+//!
+//! - **Sealing**: given a codec pipeline (the cache's encryption), data records are written as
+//!   [`Record::Sealed`]: key and value pass through the pipeline, bound to the record's
+//!   sequence number (see [`seal`]), in segments marked as format 2 ([`SEALED_SEGMENT_MAGIC`]).
+//!   Replay opens them; a wrong key, a missing codec or a tampered record is
+//!   [`ConsistencyError::JournalUnreadable`], and a plaintext record to replay in a journal that
+//!   requires encryption is [`ConsistencyError::JournalPlaintext`] unless plaintext replay was
+//!   allowed (migrating a journal written without encryption). Checkpoints and sequence numbers
+//!   stay plaintext: they hold no key or value.
 //!
 //! Delivery to the source is at least once: after a crash, records after the last durable
 //! checkpoint are written again (in order, so the source ends with each key's last value).
 
 mod record;
+pub mod seal;
 
 use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
@@ -31,9 +42,11 @@ use parking_lot::Mutex;
 use tokio::sync::watch;
 
 pub use record::{
-    MAX_PAYLOAD_LEN, RECORD_HEADER_LEN, Record, RecordError, SEGMENT_MAGIC, ScanEnd, SegmentScan, decode_record,
-    scan_segment,
+    MAX_PAYLOAD_LEN, RECORD_HEADER_LEN, Record, RecordError, SEALED_SEGMENT_MAGIC, SEGMENT_MAGIC, ScanEnd, SegmentScan,
+    decode_record, scan_segment,
 };
+pub(crate) use seal::{Domain, Sealer, decode_op, encode_op};
+use seal::{Found, FoundRecord, open_records};
 
 use crate::error::ConsistencyError;
 
@@ -80,6 +93,23 @@ pub struct ReplayReport {
     pub torn_tail: Option<TornTail>,
 }
 
+/// A data write to append: the journal seals it when it has an active codec pipeline.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Data<'a> {
+    /// A write of `value` (postcard bytes) to `key` (postcard bytes).
+    Put {
+        /// The encoded key.
+        key: &'a [u8],
+        /// The encoded value.
+        value: &'a [u8],
+    },
+    /// A delete of `key`.
+    Delete {
+        /// The encoded key.
+        key: &'a [u8],
+    },
+}
+
 /// A data record to replay.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Replayed {
@@ -120,6 +150,8 @@ struct Files {
 
 struct Inner {
     dir: PathBuf,
+    sealer: Arc<Sealer>,
+    sealed: bool,
     sync: SyncPolicy,
     segment_bytes: u64,
     state: Mutex<AppendState>,
@@ -151,14 +183,14 @@ fn sync_dir(dir: &Path) -> Result<(), ConsistencyError> {
     File::open(dir).and_then(|d| d.sync_all()).map_err(|e| ConsistencyError::journal_io("sync directory", dir, e))
 }
 
-fn create_segment(dir: &Path, id: u64, checkpoint: u64) -> Result<(File, u64), ConsistencyError> {
+fn create_segment(dir: &Path, id: u64, checkpoint: u64, sealed: bool) -> Result<(File, u64), ConsistencyError> {
     let path = segment_path(dir, id);
     let mut f = OpenOptions::new()
         .create_new(true)
         .write(true)
         .open(&path)
         .map_err(|e| ConsistencyError::journal_io("create segment", &path, e))?;
-    let mut head = SEGMENT_MAGIC.to_vec();
+    let mut head = if sealed { SEALED_SEGMENT_MAGIC.to_vec() } else { SEGMENT_MAGIC.to_vec() };
     Record::Checkpoint { confirmed: checkpoint }
         .encode_into(&mut head)
         .map_err(|reason| ConsistencyError::JournalCorrupt { segment: path.clone(), offset: 0, reason })?;
@@ -169,12 +201,18 @@ fn create_segment(dir: &Path, id: u64, checkpoint: u64) -> Result<(File, u64), C
 
 impl Journal {
     /// Opens (creating if needed) the journal in `dir`, cuts off a torn tail, and returns the
-    /// data records after the last checkpoint, in sequence order. Blocking: call it from
+    /// data records after the last checkpoint, in sequence order, opened with `sealer`. New
+    /// data records are sealed when `sealer` has codecs. Plaintext records to replay are
+    /// refused when the sealer requires encryption, unless `replay_plaintext`. Apart from cutting
+    /// off a torn tail, nothing is created or removed before every record to replay has been
+    /// opened. Blocking: call it from
     /// `spawn_blocking`.
     pub(crate) fn open_blocking(
         dir: &Path,
         sync: SyncPolicy,
         segment_bytes: u64,
+        sealer: Arc<Sealer>,
+        replay_plaintext: bool,
     ) -> Result<(Journal, Vec<Replayed>, ReplayReport), ConsistencyError> {
         std::fs::create_dir_all(dir).map_err(|e| ConsistencyError::journal_io("create directory", dir, e))?;
         let mut ids = Vec::new();
@@ -188,7 +226,7 @@ impl Journal {
         ids.sort_unstable();
         let mut report = ReplayReport { segments: ids.len(), ..ReplayReport::default() };
         let mut segments = BTreeMap::new();
-        let mut data: Vec<Replayed> = Vec::new();
+        let mut data: Vec<FoundRecord> = Vec::new();
         let mut max_seq = 0u64;
         for (i, &id) in ids.iter().enumerate() {
             let path = segment_path(dir, id);
@@ -199,16 +237,17 @@ impl Journal {
             for (_, r) in &scan.records {
                 match *r {
                     Record::Put { seq, key, value } => {
-                        data.push(Replayed {
-                            seq,
-                            key: key.to_vec(),
-                            value: Some(value.to_vec()),
-                            segment: path.clone(),
-                        });
+                        let body = Found::Plain { key: key.to_vec(), value: Some(value.to_vec()) };
+                        data.push(FoundRecord { seq, body, segment: path.clone() });
                         seg_max = seg_max.max(seq);
                     }
                     Record::Delete { seq, key } => {
-                        data.push(Replayed { seq, key: key.to_vec(), value: None, segment: path.clone() });
+                        let body = Found::Plain { key: key.to_vec(), value: None };
+                        data.push(FoundRecord { seq, body, segment: path.clone() });
+                        seg_max = seg_max.max(seq);
+                    }
+                    Record::Sealed { seq, body } => {
+                        data.push(FoundRecord { seq, body: Found::Sealed(body.to_vec()), segment: path.clone() });
                         seg_max = seg_max.max(seq);
                     }
                     Record::Checkpoint { confirmed } => report.checkpoint = report.checkpoint.max(confirmed),
@@ -219,7 +258,13 @@ impl Journal {
                 ScanEnd::Clean => {
                     segments.insert(id, seg_max);
                 }
-                ScanEnd::Damaged { offset, valid_after: false, .. } if last => {
+                // A record whose checksums match but whose content is not a record (an unknown
+                // kind, a bad length inside) was written whole: that is not a torn write, and
+                // cutting it off could drop an acknowledged write. Only damage a crash can cause
+                // (a short or checksum-failing record) at the very end is a torn tail.
+                ScanEnd::Damaged { offset, valid_after: false, error }
+                    if last && !matches!(error, RecordError::Malformed(_)) =>
+                {
                     let discarded = (bytes.len() - offset) as u64;
                     if offset < SEGMENT_MAGIC.len() {
                         std::fs::remove_file(&path).map_err(|e| ConsistencyError::journal_io("remove", &path, e))?;
@@ -255,14 +300,18 @@ impl Journal {
         let checkpoint = report.checkpoint;
         data.retain(|r| r.seq > checkpoint);
         data.sort_by_key(|r| r.seq);
+        let data = open_records(data, &sealer, replay_plaintext)?;
         report.requeued = data.len();
 
+        let sealed = sealer.is_active();
         let active_id = ids.last().map_or(1, |id| id + 1);
-        let (active, active_len) = create_segment(dir, active_id, checkpoint)?;
+        let (active, active_len) = create_segment(dir, active_id, checkpoint, sealed)?;
         segments.insert(active_id, 0);
         let next_seq = max_seq.max(checkpoint) + 1;
         let inner = Arc::new(Inner {
             dir: dir.to_path_buf(),
+            sealer,
+            sealed,
             sync,
             segment_bytes,
             state: Mutex::new(AppendState { next_seq, next_lsn: 1, ..AppendState::default() }),
@@ -283,14 +332,13 @@ impl Journal {
         &self.inner.dir
     }
 
-    /// Appends a data record built by `make(seq)`; `then(seq)` runs while the append lock is
-    /// held, so calls to `then` happen in sequence order. Returns the sequence number; wait for
-    /// [`Journal::wait_seq`] before acknowledging.
-    pub(crate) fn append_data<'a>(
-        &self,
-        make: impl FnOnce(u64) -> Record<'a>,
-        then: impl FnOnce(u64),
-    ) -> Result<u64, ConsistencyError> {
+    /// Appends a data record (sealed when the journal has codecs); `then(seq)` runs while the
+    /// append lock is held, so calls to `then` happen in sequence order. Returns the sequence
+    /// number; wait for [`Journal::wait_seq`] before acknowledging.
+    ///
+    /// Sealing binds the record to its sequence number, so it runs under the append lock (one
+    /// pass of the codecs over the value, like a write to an encrypted remote tier).
+    pub(crate) fn append_data(&self, data: Data<'_>, then: impl FnOnce(u64)) -> Result<u64, ConsistencyError> {
         let spawn = {
             let mut st = self.inner.state.lock();
             if let Some(f) = &st.failed {
@@ -298,7 +346,23 @@ impl Journal {
             }
             let seq = st.next_seq;
             let before = st.buf.len();
-            if let Err(e) = make(seq).encode_into(&mut st.buf) {
+            let encoded = if self.inner.sealed {
+                let plain = match data {
+                    Data::Put { key, value } => encode_op(key, Some(value)),
+                    Data::Delete { key } => encode_op(key, None),
+                };
+                let body = plain
+                    .and_then(|p| self.inner.sealer.seal(Domain::Journal, seq, &p))
+                    .map_err(|e| ConsistencyError::Encode { what: "record", message: e.to_string() })?;
+                Record::Sealed { seq, body: &body }.encode_into(&mut st.buf)
+            } else {
+                match data {
+                    Data::Put { key, value } => Record::Put { seq, key, value },
+                    Data::Delete { key } => Record::Delete { seq, key },
+                }
+                .encode_into(&mut st.buf)
+            };
+            if let Err(e) = encoded {
                 st.buf.truncate(before);
                 return Err(match e {
                     RecordError::TooLarge { len } => ConsistencyError::TooLarge { size: len, limit: MAX_PAYLOAD_LEN },
@@ -486,7 +550,8 @@ impl Inner {
                 files.active.sync_data().map_err(|e| ConsistencyError::journal_io("sync", &path, e))?;
             }
             let next = id + 1;
-            let (f, len) = create_segment(&self.dir, next, self.latest_checkpoint.load(Ordering::Acquire))?;
+            let (f, len) =
+                create_segment(&self.dir, next, self.latest_checkpoint.load(Ordering::Acquire), self.sealed)?;
             files.active = f;
             files.active_id = next;
             files.active_len = len;

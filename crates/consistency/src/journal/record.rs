@@ -1,7 +1,10 @@
 //! The journal's on-disk record format.
 //!
-//! A segment file starts with the 8 magic bytes [`SEGMENT_MAGIC`] and holds records back to
-//! back. Each record is
+//! A segment file starts with 8 magic bytes and holds records back to back:
+//! [`SEGMENT_MAGIC`] (`STRJWAL1`, format 1) for a journal without codecs, whose data records are
+//! plaintext; [`SEALED_SEGMENT_MAGIC`] (`STRJWAL2`, format 2) for a journal whose data records
+//! are sealed by a codec pipeline. A reader of format 1 only refuses a format-2 segment as
+//! corrupt (bad magic) instead of mistaking a sealed record for a torn tail. Each record is
 //!
 //! ```text
 //! len: u32 LE | payload_crc: u32 LE | header_crc: u32 LE | payload (len bytes)
@@ -14,13 +17,18 @@
 //! 1 (put)        | seq: u64 LE | key_len: u32 LE | key | value
 //! 2 (delete)     | seq: u64 LE | key
 //! 3 (checkpoint) | confirmed: u64 LE
+//! 4 (sealed)     | seq: u64 LE | sealed body
 //! ```
 //!
 //! Keys and values are postcard bytes (see the write-behind docs). A checkpoint says "every
-//! record with `seq <= confirmed` is in the source".
+//! record with `seq <= confirmed` is in the source". A sealed record's body is a put or delete
+//! payload (without its sequence number) passed through the journal's codec pipeline; only the
+//! sequence number stays readable (see [`seal`](super::seal) for the body's layout).
 
-/// The first bytes of every segment file (format version 1).
+/// The first bytes of a plaintext segment file (format version 1).
 pub const SEGMENT_MAGIC: &[u8; 8] = b"STRJWAL1";
+/// The first bytes of a segment file whose data records are sealed (format version 2).
+pub const SEALED_SEGMENT_MAGIC: &[u8; 8] = b"STRJWAL2";
 /// Bytes before a record's payload.
 pub const RECORD_HEADER_LEN: usize = 12;
 /// The largest accepted payload (64 MiB).
@@ -29,6 +37,7 @@ pub const MAX_PAYLOAD_LEN: usize = 64 * 1024 * 1024;
 const KIND_PUT: u8 = 1;
 const KIND_DELETE: u8 = 2;
 const KIND_CHECKPOINT: u8 = 3;
+const KIND_SEALED: u8 = 4;
 
 /// One journal record, borrowing its bytes from the buffer it was decoded from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -48,6 +57,13 @@ pub enum Record<'a> {
         seq: u64,
         /// The encoded key.
         key: &'a [u8],
+    },
+    /// A put or delete whose key and value are sealed by the journal's codec pipeline.
+    Sealed {
+        /// The write's sequence number (also bound into the seal).
+        seq: u64,
+        /// The sealed body.
+        body: &'a [u8],
     },
     /// Every record with `seq <= confirmed` is in the source.
     Checkpoint {
@@ -92,6 +108,7 @@ impl Record<'_> {
         match self {
             Record::Put { key, value, .. } => 1 + 8 + 4 + key.len() + value.len(),
             Record::Delete { key, .. } => 1 + 8 + key.len(),
+            Record::Sealed { body, .. } => 1 + 8 + body.len(),
             Record::Checkpoint { .. } => 1 + 8,
         }
     }
@@ -99,7 +116,7 @@ impl Record<'_> {
     /// The data sequence number (`None` for checkpoints).
     pub fn seq(&self) -> Option<u64> {
         match self {
-            Record::Put { seq, .. } | Record::Delete { seq, .. } => Some(*seq),
+            Record::Put { seq, .. } | Record::Delete { seq, .. } | Record::Sealed { seq, .. } => Some(*seq),
             Record::Checkpoint { .. } => None,
         }
     }
@@ -126,6 +143,11 @@ impl Record<'_> {
                 out.push(KIND_DELETE);
                 out.extend_from_slice(&seq.to_le_bytes());
                 out.extend_from_slice(key);
+            }
+            Record::Sealed { seq, body } => {
+                out.push(KIND_SEALED);
+                out.extend_from_slice(&seq.to_le_bytes());
+                out.extend_from_slice(body);
             }
             Record::Checkpoint { confirmed } => {
                 out.push(KIND_CHECKPOINT);
@@ -210,6 +232,7 @@ fn decode_payload(p: &[u8]) -> Result<Record<'_>, RecordError> {
             Ok(Record::Put { seq: n, key, value })
         }
         KIND_DELETE => Ok(Record::Delete { seq: n, key: rest }),
+        KIND_SEALED => Ok(Record::Sealed { seq: n, body: rest }),
         KIND_CHECKPOINT if rest.is_empty() => Ok(Record::Checkpoint { confirmed: n }),
         KIND_CHECKPOINT => Err(RecordError::Malformed("checkpoint with trailing bytes")),
         _ => Err(RecordError::Malformed("unknown record kind")),
@@ -252,19 +275,19 @@ pub struct SegmentScan<'a> {
     pub end: ScanEnd,
 }
 
-/// Scans a whole segment file's bytes (magic included). Never panics.
+/// Scans a whole segment file's bytes (magic included, either format). Never panics.
 ///
-/// A segment shorter than its magic whose bytes are a prefix of the magic (or zeros) is a torn
+/// A segment shorter than its magic whose bytes are a prefix of a magic (or zeros) is a torn
 /// creation: [`ScanEnd::Damaged`] at offset 0 with `valid_after: false`.
 pub fn scan_segment(bytes: &[u8]) -> SegmentScan<'_> {
     let magic_len = SEGMENT_MAGIC.len();
     if bytes.len() < magic_len {
         let n = bytes.len();
-        let torn = bytes == &SEGMENT_MAGIC[..n] || bytes.iter().all(|&b| b == 0);
+        let torn = bytes == &SEGMENT_MAGIC[..n] || bytes == &SEALED_SEGMENT_MAGIC[..n] || bytes.iter().all(|&b| b == 0);
         let error = if torn { RecordError::Truncated { needed: magic_len - n } } else { RecordError::BadSegmentHeader };
         return SegmentScan { records: Vec::new(), end: ScanEnd::Damaged { offset: 0, error, valid_after: !torn } };
     }
-    if &bytes[..magic_len] != SEGMENT_MAGIC {
+    if &bytes[..magic_len] != SEGMENT_MAGIC && &bytes[..magic_len] != SEALED_SEGMENT_MAGIC {
         let zeros = bytes.iter().all(|&b| b == 0);
         return SegmentScan {
             records: Vec::new(),
@@ -308,6 +331,8 @@ mod tests {
             Record::Put { seq: 7, key: b"k", value: b"value" },
             Record::Put { seq: u64::MAX, key: b"", value: b"" },
             Record::Delete { seq: 9, key: b"key" },
+            Record::Sealed { seq: 11, body: b"\x01\x02opaque" },
+            Record::Sealed { seq: 0, body: b"" },
             Record::Checkpoint { confirmed: 42 },
         ] {
             let b = r.encode().unwrap();
