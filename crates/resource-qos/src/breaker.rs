@@ -1,5 +1,11 @@
 //! Per-resource circuit breaker: opens when admissions keep failing for exhaustion, so callers
 //! fail fast instead of piling into the wait queue.
+//!
+//! Exhaustion is backpressure, not a fault of the resource: an open breaker therefore only refuses
+//! requests that do **not** fit right now (the manager consults it after the capacity check). A
+//! request that fits is always admitted, and such an admission while the breaker is open counts
+//! as a successful probe, so the breaker closes as soon as work flows again rather than after
+//! `open_ms`.
 
 use std::time::Duration;
 
@@ -7,6 +13,10 @@ use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 
 use crate::BreakerState;
+use crate::deadline::after;
+
+/// Largest accepted [`BreakerConfig::window`] (each breaker keeps one flag per slot).
+const MAX_WINDOW: usize = 1 << 20;
 
 /// Circuit-breaker settings (one breaker per resource kind).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -37,6 +47,9 @@ impl BreakerConfig {
         let bad = |m: &str| Err(crate::QosError::InvalidConfig(format!("breaker: {m}")));
         if self.window == 0 || self.min_calls == 0 || self.min_calls > self.window {
             return bad("need 0 < min_calls <= window");
+        }
+        if self.window > MAX_WINDOW {
+            return bad("window must be at most 1048576 outcomes");
         }
         if !(self.failure_rate > 0.0 && self.failure_rate <= 1.0) {
             return bad("failure_rate must be in (0, 1]");
@@ -97,7 +110,7 @@ impl Breaker {
                     return (Err(until - now), None);
                 }
                 self.state = BreakerState::HalfOpen;
-                self.until = Some(now + open_for);
+                self.until = Some(after(now, open_for));
                 self.probes_started = 1;
                 self.probes_ok = 0;
                 (Ok(()), Some(BreakerState::HalfOpen))
@@ -110,7 +123,7 @@ impl Breaker {
                 // Probes whose outcome never came (cancelled callers) must not wedge the breaker.
                 let until = self.until.unwrap_or(now);
                 if now >= until {
-                    self.until = Some(now + open_for);
+                    self.until = Some(after(now, open_for));
                     self.probes_started = 1;
                     self.probes_ok = 0;
                     return (Ok(()), None);
@@ -120,30 +133,38 @@ impl Breaker {
         }
     }
 
-    pub(crate) fn on_success(&mut self, cfg: &BreakerConfig) -> Option<BreakerState> {
+    /// An admission involving this resource succeeded. While open, that proves the resource is
+    /// no longer exhausted (the manager admits work that fits whatever the breaker says): the
+    /// breaker goes half-open with this admission as its first successful probe.
+    pub(crate) fn on_success(&mut self, cfg: &BreakerConfig, now: Instant) -> Option<BreakerState> {
+        let mut change = None;
         match self.state {
             BreakerState::Closed => {
                 self.push(false);
-                None
+                return None;
             }
-            BreakerState::HalfOpen => {
-                self.probes_ok += 1;
-                if self.probes_ok >= cfg.half_open_probes {
-                    self.state = BreakerState::Closed;
-                    self.reset_window();
-                    Some(BreakerState::Closed)
-                } else {
-                    None
-                }
+            BreakerState::Open => {
+                self.state = BreakerState::HalfOpen;
+                self.until = Some(after(now, Duration::from_millis(cfg.open_ms)));
+                self.probes_started = 0;
+                self.probes_ok = 0;
+                change = Some(BreakerState::HalfOpen);
             }
-            BreakerState::Open => None,
+            BreakerState::HalfOpen => {}
         }
+        self.probes_ok += 1;
+        if self.probes_ok >= cfg.half_open_probes {
+            self.state = BreakerState::Closed;
+            self.reset_window();
+            change = Some(BreakerState::Closed);
+        }
+        change
     }
 
     pub(crate) fn on_failure(&mut self, cfg: &BreakerConfig, now: Instant) -> Option<BreakerState> {
         let open = |b: &mut Self| {
             b.state = BreakerState::Open;
-            b.until = Some(now + Duration::from_millis(cfg.open_ms));
+            b.until = Some(after(now, Duration::from_millis(cfg.open_ms)));
             b.reset_window();
             Some(BreakerState::Open)
         };
@@ -193,8 +214,8 @@ mod tests {
         };
         let mut b = Breaker::new(&cfg);
         let t0 = Instant::now();
-        assert_eq!(b.on_success(&cfg), None);
-        assert_eq!(b.on_success(&cfg), None);
+        assert_eq!(b.on_success(&cfg, t0), None);
+        assert_eq!(b.on_success(&cfg, t0), None);
         assert_eq!(b.on_failure(&cfg, t0), None);
         assert_eq!(b.on_failure(&cfg, t0), Some(BreakerState::Open), "2 of 4 failed = 50 %");
         assert!(b.check(&cfg, t0).0.is_err());
@@ -202,8 +223,8 @@ mod tests {
         assert_eq!(b.check(&cfg, later), (Ok(()), Some(BreakerState::HalfOpen)));
         assert_eq!(b.check(&cfg, later).0, Ok(()));
         assert!(b.check(&cfg, later).0.is_err(), "only two probes");
-        assert_eq!(b.on_success(&cfg), None);
-        assert_eq!(b.on_success(&cfg), Some(BreakerState::Closed));
+        assert_eq!(b.on_success(&cfg, t0), None);
+        assert_eq!(b.on_success(&cfg, t0), Some(BreakerState::Closed));
         assert_eq!(b.state(), BreakerState::Closed);
     }
 
@@ -221,7 +242,7 @@ mod tests {
         let t0 = Instant::now();
         b.on_failure(&cfg, t0);
         b.on_failure(&cfg, t0);
-        b.on_success(&cfg);
+        b.on_success(&cfg, t0);
         assert_eq!(b.on_failure(&cfg, t0), None, "window is [F, S, F]: 2/3 < 100 %");
         assert_eq!(b.on_failure(&cfg, t0), None, "window is [S, F, F]");
         assert_eq!(b.on_failure(&cfg, t0), Some(BreakerState::Open));
@@ -229,6 +250,50 @@ mod tests {
         assert!(b.check(&cfg, later).0.is_ok());
         assert_eq!(b.on_failure(&cfg, later), Some(BreakerState::Open));
         assert!(BreakerConfig { failure_rate: 0.0, ..cfg.clone() }.validate().is_err());
-        assert!(BreakerConfig { min_calls: 4, ..cfg }.validate().is_err());
+        assert!(BreakerConfig { min_calls: 4, ..cfg.clone() }.validate().is_err());
+        assert!(BreakerConfig { window: usize::MAX, min_calls: 1, ..cfg }.validate().is_err());
+    }
+
+    #[test]
+    fn success_while_open_half_opens_and_closes_after_enough_probes() {
+        let cfg = BreakerConfig {
+            window: 2,
+            min_calls: 2,
+            failure_rate: 1.0,
+            open_ms: 60_000,
+            half_open_probes: 2,
+            enabled: true,
+        };
+        let mut b = Breaker::new(&cfg);
+        let t0 = Instant::now();
+        b.on_failure(&cfg, t0);
+        assert_eq!(b.on_failure(&cfg, t0), Some(BreakerState::Open));
+        assert_eq!(b.on_success(&cfg, t0), Some(BreakerState::HalfOpen), "work that fits was admitted");
+        assert_eq!(b.on_success(&cfg, t0), Some(BreakerState::Closed));
+        // One probe is enough when so configured; the window starts afresh.
+        let one = BreakerConfig { half_open_probes: 1, ..cfg.clone() };
+        b.on_failure(&one, t0);
+        assert_eq!(b.on_failure(&one, t0), Some(BreakerState::Open));
+        assert_eq!(b.on_success(&one, t0), Some(BreakerState::Closed));
+        assert_eq!(b.on_failure(&one, t0), None, "fresh window: one failure of two needed");
+    }
+
+    #[test]
+    fn huge_open_time_saturates() {
+        let cfg = BreakerConfig {
+            window: 1,
+            min_calls: 1,
+            failure_rate: 1.0,
+            open_ms: u64::MAX,
+            half_open_probes: u32::MAX,
+            enabled: true,
+        };
+        assert!(cfg.validate().is_ok());
+        let mut b = Breaker::new(&cfg);
+        let t0 = Instant::now();
+        assert_eq!(b.on_failure(&cfg, t0), Some(BreakerState::Open));
+        let (res, _) = b.check(&cfg, t0 + Duration::from_secs(3600));
+        assert!(res.is_err());
+        assert_eq!(b.on_success(&cfg, t0), Some(BreakerState::HalfOpen));
     }
 }

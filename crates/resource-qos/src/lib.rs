@@ -94,9 +94,11 @@
 
 mod breaker;
 mod capacity;
+mod deadline;
 mod error;
 mod manager;
 pub mod monitor;
+mod name;
 mod observe;
 mod policy;
 mod rbac;
@@ -109,6 +111,7 @@ pub use manager::{
     Allocation, AllocationRequest, LeaseId, ManagerConfig, ResourceManager, ResourceManagerBuilder, Revocation,
     UsageSnapshot,
 };
+pub use name::MAX_NAME_LEN;
 pub use observe::{
     AuditAction, AuditRecord, AuditSink, BreakerState, JsonLinesAuditSink, MemoryAuditSink, NoopAuditSink,
     NoopObserver, ResourceEvent, ResourceObserver,
