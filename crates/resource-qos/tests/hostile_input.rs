@@ -41,7 +41,7 @@ fn quantity(cap: u64) -> BoxedStrategy<u64> {
         1 => Just(cap + 1),
         1 => Just(u64::MAX - 1),
         1 => Just(u64::MAX),
-        4 => 1..=cap,
+        12 => 1..=cap,
         1 => any::<u64>(),
     ]
     .boxed()
@@ -49,7 +49,7 @@ fn quantity(cap: u64) -> BoxedStrategy<u64> {
 
 fn name() -> BoxedStrategy<String> {
     prop_oneof![
-        6 => prop::sample::select(vec!["a", "b", "free"]).prop_map(String::from),
+        24 => prop::sample::select(vec!["a", "b", "free"]).prop_map(String::from),
         1 => Just(String::new()),
         1 => Just("x".repeat(MAX_NAME_LEN)),
         1 => Just("x".repeat(MAX_NAME_LEN + 1)),
@@ -88,10 +88,10 @@ struct Spec {
 
 fn spec() -> BoxedStrategy<Spec> {
     (
-        (name(), prop_oneof![3 => Just("p".to_owned()), 1 => name()], class()),
+        (name(), prop_oneof![6 => Just("p".to_owned()), 1 => Just("q".to_owned()), 1 => name()], class()),
         (
-            prop::option::of(quantity(CPU)),
-            prop::option::of(quantity(CPU)),
+            prop::option::weighted(0.8, quantity(CPU)),
+            prop::option::weighted(0.25, quantity(CPU)),
             prop::option::weighted(0.3, any::<u64>()),
             prop::option::weighted(0.4, quantity(GPU)),
         ),
@@ -170,7 +170,7 @@ enum Op {
 fn op() -> BoxedStrategy<Op> {
     prop_oneof![
         6 => spec().prop_map(Op::Try),
-        3 => spec().prop_map(Op::Wait),
+        4 => spec().prop_map(Op::Wait),
         2 => (0..2_000u64).prop_map(Op::Sleep),
         3 => any::<usize>().prop_map(Op::Release),
         2 => any::<usize>().prop_map(Op::Detach),
@@ -341,12 +341,12 @@ impl strata_resource_qos::ResourceObserver for OwnerObserver {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 96, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: 128, ..ProptestConfig::default() })]
 
     #[test]
     fn arbitrary_durations_quantities_and_names_never_panic_and_books_balance(
         s in settings(),
-        ops in prop::collection::vec(op(), 1..48),
+        ops in prop::collection::vec(op(), 1..64),
     ) {
         let rt = tokio::runtime::Builder::new_current_thread().enable_time().start_paused(true).build().unwrap();
         OWNERS.with(|o| o.borrow_mut().clear());
