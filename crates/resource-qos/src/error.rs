@@ -101,7 +101,9 @@ pub enum QosError {
         /// Hint for when to retry.
         retry_after: Duration,
     },
-    /// The circuit breaker of a resource is open because admissions keep failing for exhaustion.
+    /// The circuit breaker of a resource is open because admissions keep failing for exhaustion,
+    /// and this request does not fit right now (requests that fit are admitted whatever the
+    /// breaker's state).
     #[error("circuit breaker for {resource} is open, retry after {retry_after:?}")]
     CircuitOpen {
         /// The resource.

@@ -835,7 +835,7 @@ impl ResourceManager {
         let now = Instant::now();
         let deadline = after(now, prepared.timeout);
         let mut fx = Effects::default();
-        let (rx, key, wait_seq) = {
+        let (rx, mut guard, key, wait_seq) = {
             let mut st = inner.state.lock();
             match inner.admit(&mut st, &prepared, now, true, &mut fx) {
                 Err(e) => {
@@ -893,12 +893,14 @@ impl ResourceManager {
                     }
                     st.waiters.insert(key, Waiter { prepared, tx, enqueued: now, deadline, short, seq });
                     drop(st);
+                    // The guard exists before observers run: if one panics, unwinding still takes
+                    // the waiter (and what it reserves) out of the queue.
+                    let guard = WaitGuard { inner: Arc::clone(inner), key: Some(key) };
                     inner.emit(fx);
-                    (rx, key, (seq, ns, principal))
+                    (rx, guard, key, (seq, ns, principal))
                 }
             }
         };
-        let mut guard = WaitGuard { inner: Arc::clone(inner), key: Some(key) };
         tokio::pin!(rx);
         loop {
             let next_timer = inner.state.lock().timers.first().map(|(t, _)| *t);
@@ -1228,7 +1230,8 @@ impl Inner {
                     req.push((i, q));
                 }
                 None if matches!(k, ResourceKind::Custom(_)) => {
-                    return fail(QosError::UnknownResource(k.to_string()));
+                    // `ResourceKind::Custom` can be built with any text: bound and escape it.
+                    return fail(QosError::UnknownResource(crate::name::sanitized(&k.to_string())));
                 }
                 None => {
                     return fail(QosError::ExceedsCapacity { resource: k.to_string(), requested: q, capacity: 0 });

@@ -506,3 +506,81 @@ async fn partly_free_capacity_admits_what_fits_and_still_fails_fast_otherwise() 
     drop((c, d));
     assert_clean(&m);
 }
+
+// ---------------------------------------------------------------------------------------------
+// Panics in plugged-in code leave the books exact
+// ---------------------------------------------------------------------------------------------
+
+/// An observer that panics on chosen events (a buggy plugin).
+struct PanickyObserver {
+    on_queued: bool,
+    on_admitted: bool,
+}
+
+impl strata_resource_qos::ResourceObserver for PanickyObserver {
+    fn on_event(&self, e: &strata_resource_qos::ResourceEvent) {
+        match e {
+            strata_resource_qos::ResourceEvent::Queued { .. } if self.on_queued => panic!("observer bug (queued)"),
+            strata_resource_qos::ResourceEvent::Admitted { .. } if self.on_admitted => {
+                panic!("observer bug (admitted)")
+            }
+            _ => {}
+        }
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_panicking_observer_leaks_neither_waiters_nor_capacity() {
+    let m = ResourceManager::builder()
+        .capacity(ResourceKind::Cpu, 1000)
+        .observer(Arc::new(PanickyObserver { on_queued: true, on_admitted: false }))
+        .build()
+        .unwrap();
+    let hog = m.try_allocate(req(1000)).unwrap();
+    let task = {
+        let m = m.clone();
+        tokio::spawn(async move { m.allocate(req(500).timeout(Duration::from_secs(3600))).await })
+    };
+    assert!(task.await.unwrap_err().is_panic());
+    assert_eq!(m.usage().waiters, 0, "the panicking request left the queue");
+    drop(hog);
+    // Nothing reserved by a ghost waiter: the whole capacity is available.
+    drop(m.try_allocate(req(1000)).unwrap());
+    assert_clean(&m);
+
+    // Admission events are emitted after commit: the handle is dropped by unwinding.
+    let m = ResourceManager::builder()
+        .capacity(ResourceKind::Cpu, 1000)
+        .observer(Arc::new(PanickyObserver { on_queued: false, on_admitted: true }))
+        .build()
+        .unwrap();
+    let m2 = m.clone();
+    let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| m2.try_allocate(req(700))));
+    assert!(r.is_err());
+    assert_clean(&m);
+}
+
+#[test]
+fn custom_resource_names_are_bounded_and_escaped() {
+    let ok = format!("{}/{}", "d".repeat(253), "n".repeat(63));
+    assert!(ResourceKind::custom(&ok).is_ok());
+    for bad in [
+        format!("{}/n", "d".repeat(254)),
+        format!("d/{}", "n".repeat(64)),
+        format!("example.com/{}", "z".repeat(1 << 20)),
+        "example.com/a\nb".to_owned(),
+    ] {
+        let err = ResourceKind::custom(&bad).unwrap_err();
+        assert!(matches!(err, QosError::UnknownResource(_)));
+        let text = err.to_string();
+        assert!(text.len() < 400 && !text.contains('\n'), "{text:?}");
+    }
+    // A `Custom` kind built directly with hostile text, used in a request.
+    let m = mgr();
+    let hostile = ResourceKind::Custom(Arc::from(format!("x/\u{1b}[2J{}", "w".repeat(10_000)).as_str()));
+    let err = m.try_allocate(req(1).request(hostile, 1)).unwrap_err();
+    let text = err.to_string();
+    assert!(matches!(err, QosError::UnknownResource(_)));
+    assert!(text.len() < 400 && !text.contains('\u{1b}'), "{text:?}");
+    assert_clean(&m);
+}
