@@ -1710,9 +1710,11 @@ impl Inner {
         tracing::warn!(allocation = id, "lease renewal or release by a principal that does not hold it refused");
         let err = QosError::NotLeaseOwner;
         let mut fx = Effects::default();
+        // The caller's name is not validated here: record it bounded and escaped.
+        let principal = crate::name::sanitized(principal);
         if self.auditing {
             fx.audits.push(AuditRecord::now(
-                principal,
+                &principal,
                 &namespace,
                 AuditAction::Denied,
                 Some(id),
@@ -1723,7 +1725,7 @@ impl Inner {
         if self.observe {
             fx.events.push(ResourceEvent::Denied {
                 namespace: namespace.to_string(),
-                principal: principal.to_owned(),
+                principal,
                 reason: err.to_string(),
             });
         }

@@ -316,7 +316,8 @@ async fn only_the_owner_may_renew_or_release_a_lease() {
         .unwrap();
     let alloc_id = a.id();
     let lease = a.detach().unwrap();
-    for intruder in ["bob", "", "Alice", "alice ", "ALICE"] {
+    let huge = "alice".repeat(100_000);
+    for intruder in ["bob", "", "Alice", "alice ", "ALICE", "alice\nforged", huge.as_str()] {
         assert!(matches!(m.heartbeat(intruder, lease), Err(QosError::NotLeaseOwner)), "{intruder:?}");
         assert!(matches!(m.release_lease(intruder, lease), Err(QosError::NotLeaseOwner)), "{intruder:?}");
     }
@@ -334,7 +335,8 @@ async fn only_the_owner_may_renew_or_release_a_lease() {
     assert!(matches!(m.heartbeat("alice", lease), Err(QosError::LeaseNotHeld)));
     // Refusals are audited as denials, naming the intruder and the allocation, never the lease id.
     let denials: Vec<_> = audit.records().into_iter().filter(|r| r.action == AuditAction::Denied).collect();
-    assert_eq!(denials.len(), 11);
+    assert_eq!(denials.len(), 15);
+    assert!(denials.iter().all(|r| r.principal.len() < 300 && !r.principal.chars().any(char::is_control)));
     assert!(denials.iter().all(|r| r.allocation == Some(alloc_id) && r.namespace == "ml"));
     assert!(denials.iter().any(|r| r.principal == "bob"));
     let token = lease.to_string();
