@@ -3,9 +3,9 @@
 //!
 //! Exhaustion is backpressure, not a fault of the resource: an open breaker therefore only refuses
 //! requests that do **not** fit right now (the manager consults it after the capacity check). A
-//! request that fits is always admitted, and such an admission while the breaker is open counts
-//! as a successful probe, so the breaker closes as soon as work flows again rather than after
-//! `open_ms`.
+//! request that fits is always admitted, and such admissions while the breaker is open count as
+//! successful probes: `half_open_probes` of them in a row close it, so the breaker closes as soon
+//! as work flows again rather than after `open_ms`.
 
 use std::time::Duration;
 
@@ -133,38 +133,30 @@ impl Breaker {
         }
     }
 
-    /// An admission involving this resource succeeded. While open, that proves the resource is
-    /// no longer exhausted (the manager admits work that fits whatever the breaker says): the
-    /// breaker goes half-open with this admission as its first successful probe.
-    pub(crate) fn on_success(&mut self, cfg: &BreakerConfig, now: Instant) -> Option<BreakerState> {
-        let mut change = None;
-        match self.state {
-            BreakerState::Closed => {
-                self.push(false);
-                return None;
-            }
-            BreakerState::Open => {
-                self.state = BreakerState::HalfOpen;
-                self.until = Some(after(now, Duration::from_millis(cfg.open_ms)));
-                self.probes_started = 0;
-                self.probes_ok = 0;
-                change = Some(BreakerState::HalfOpen);
-            }
-            BreakerState::HalfOpen => {}
+    /// An admission involving this resource succeeded. While open, that is evidence the resource
+    /// is no longer exhausted (the manager admits work that fits whatever the breaker says):
+    /// `half_open_probes` such admissions in a row, with no failure between them, close it. No
+    /// intermediate state change is reported, so a breaker at the edge of exhaustion does not
+    /// flap between open and half-open on every release.
+    pub(crate) fn on_success(&mut self, cfg: &BreakerConfig) -> Option<BreakerState> {
+        if self.state == BreakerState::Closed {
+            self.push(false);
+            return None;
         }
-        self.probes_ok += 1;
+        self.probes_ok = self.probes_ok.saturating_add(1);
         if self.probes_ok >= cfg.half_open_probes {
             self.state = BreakerState::Closed;
             self.reset_window();
-            change = Some(BreakerState::Closed);
+            return Some(BreakerState::Closed);
         }
-        change
+        None
     }
 
     pub(crate) fn on_failure(&mut self, cfg: &BreakerConfig, now: Instant) -> Option<BreakerState> {
         let open = |b: &mut Self| {
             b.state = BreakerState::Open;
             b.until = Some(after(now, Duration::from_millis(cfg.open_ms)));
+            b.probes_ok = 0;
             b.reset_window();
             Some(BreakerState::Open)
         };
@@ -178,7 +170,11 @@ impl Breaker {
                 }
             }
             BreakerState::HalfOpen => open(self),
-            BreakerState::Open => None,
+            BreakerState::Open => {
+                // Successes while open must be consecutive to close it.
+                self.probes_ok = 0;
+                None
+            }
         }
     }
 
@@ -214,8 +210,8 @@ mod tests {
         };
         let mut b = Breaker::new(&cfg);
         let t0 = Instant::now();
-        assert_eq!(b.on_success(&cfg, t0), None);
-        assert_eq!(b.on_success(&cfg, t0), None);
+        assert_eq!(b.on_success(&cfg), None);
+        assert_eq!(b.on_success(&cfg), None);
         assert_eq!(b.on_failure(&cfg, t0), None);
         assert_eq!(b.on_failure(&cfg, t0), Some(BreakerState::Open), "2 of 4 failed = 50 %");
         assert!(b.check(&cfg, t0).0.is_err());
@@ -223,8 +219,8 @@ mod tests {
         assert_eq!(b.check(&cfg, later), (Ok(()), Some(BreakerState::HalfOpen)));
         assert_eq!(b.check(&cfg, later).0, Ok(()));
         assert!(b.check(&cfg, later).0.is_err(), "only two probes");
-        assert_eq!(b.on_success(&cfg, t0), None);
-        assert_eq!(b.on_success(&cfg, t0), Some(BreakerState::Closed));
+        assert_eq!(b.on_success(&cfg), None);
+        assert_eq!(b.on_success(&cfg), Some(BreakerState::Closed));
         assert_eq!(b.state(), BreakerState::Closed);
     }
 
@@ -242,7 +238,7 @@ mod tests {
         let t0 = Instant::now();
         b.on_failure(&cfg, t0);
         b.on_failure(&cfg, t0);
-        b.on_success(&cfg, t0);
+        b.on_success(&cfg);
         assert_eq!(b.on_failure(&cfg, t0), None, "window is [F, S, F]: 2/3 < 100 %");
         assert_eq!(b.on_failure(&cfg, t0), None, "window is [S, F, F]");
         assert_eq!(b.on_failure(&cfg, t0), Some(BreakerState::Open));
@@ -268,13 +264,16 @@ mod tests {
         let t0 = Instant::now();
         b.on_failure(&cfg, t0);
         assert_eq!(b.on_failure(&cfg, t0), Some(BreakerState::Open));
-        assert_eq!(b.on_success(&cfg, t0), Some(BreakerState::HalfOpen), "work that fits was admitted");
-        assert_eq!(b.on_success(&cfg, t0), Some(BreakerState::Closed));
+        assert_eq!(b.on_success(&cfg), None, "work that fits was admitted: one probe of two");
+        assert_eq!(b.state(), BreakerState::Open, "no flapping through half-open");
+        assert_eq!(b.on_failure(&cfg, t0), None, "a failure while open resets the count");
+        assert_eq!(b.on_success(&cfg), None);
+        assert_eq!(b.on_success(&cfg), Some(BreakerState::Closed), "two in a row");
         // One probe is enough when so configured; the window starts afresh.
         let one = BreakerConfig { half_open_probes: 1, ..cfg.clone() };
         b.on_failure(&one, t0);
         assert_eq!(b.on_failure(&one, t0), Some(BreakerState::Open));
-        assert_eq!(b.on_success(&one, t0), Some(BreakerState::Closed));
+        assert_eq!(b.on_success(&one), Some(BreakerState::Closed));
         assert_eq!(b.on_failure(&one, t0), None, "fresh window: one failure of two needed");
     }
 
@@ -294,6 +293,7 @@ mod tests {
         assert_eq!(b.on_failure(&cfg, t0), Some(BreakerState::Open));
         let (res, _) = b.check(&cfg, t0 + Duration::from_secs(3600));
         assert!(res.is_err());
-        assert_eq!(b.on_success(&cfg, t0), Some(BreakerState::HalfOpen));
+        assert_eq!(b.on_success(&cfg), None, "u32::MAX probes needed");
+        assert_eq!(b.state(), BreakerState::Open);
     }
 }

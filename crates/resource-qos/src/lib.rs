@@ -85,8 +85,8 @@
 //! - [`ResourceManager::try_allocate`] never waits and never preempts.
 //! - The breaker counts an admission as a success for each requested kind, and `Insufficient`,
 //!   `Overloaded` and `Timeout` as failures of the kinds that were short. Exhaustion is
-//!   backpressure, so an open breaker never refuses a request that fits; an admission while it is
-//!   open is a successful probe (it half-opens, and closes after `half_open_probes` of them).
+//!   backpressure, so an open breaker never refuses a request that fits; admissions while it is
+//!   open count as probes, and `half_open_probes` of them in a row close it.
 //!
 //! ## Hostile input
 //! - Durations are saturating: a timeout, lease TTL, grace period or breaker open time too long

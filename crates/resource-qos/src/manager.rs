@@ -1283,8 +1283,8 @@ impl Inner {
             }
         }
         if short.is_empty() {
-            // Work that fits is never refused by a breaker: exhaustion is backpressure, and an
-            // admission now is the proof that it is over (it half-opens or closes the breaker).
+            // Work that fits is never refused by a breaker: exhaustion is backpressure, and
+            // admissions now are evidence that it is over (enough in a row close the breaker).
             return Ok(Admit::Fits);
         }
         // Open breakers of the short resources fail fast instead of queueing or preempting.
@@ -1384,7 +1384,7 @@ impl Inner {
         }
         if self.breaker_cfg.enabled {
             for &(k, _) in &p.req {
-                if let Some(s) = st.breakers[k].on_success(&self.breaker_cfg, now) {
+                if let Some(s) = st.breakers[k].on_success(&self.breaker_cfg) {
                     self.breaker_event(k, s, fx);
                 }
             }

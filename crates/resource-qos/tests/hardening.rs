@@ -500,7 +500,7 @@ async fn partly_free_capacity_admits_what_fits_and_still_fails_fast_otherwise() 
     drop(b); // 400 free
     assert!(matches!(m.try_allocate(req(500)), Err(QosError::CircuitOpen { .. })), "does not fit: fast failure");
     let fits = m.try_allocate(req(400)).unwrap();
-    assert_eq!(m.breaker_state(&ResourceKind::Cpu), Some(BreakerState::HalfOpen), "one admission is one probe");
+    assert_eq!(m.breaker_state(&ResourceKind::Cpu), Some(BreakerState::Open), "one admission is one probe of three");
     drop((a, fits));
     let c = m.try_allocate(req(300)).unwrap();
     let d = m.try_allocate(req(300)).unwrap();
