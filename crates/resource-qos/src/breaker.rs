@@ -1,5 +1,11 @@
 //! Per-resource circuit breaker: opens when admissions keep failing for exhaustion, so callers
 //! fail fast instead of piling into the wait queue.
+//!
+//! Exhaustion is backpressure, not a fault of the resource: an open breaker therefore only refuses
+//! requests that do **not** fit right now (the manager consults it after the capacity check). A
+//! request that fits is always admitted, and such admissions while the breaker is open count as
+//! successful probes: `half_open_probes` of them in a row close it, so the breaker closes as soon
+//! as work flows again rather than after `open_ms`.
 
 use std::time::Duration;
 
@@ -7,6 +13,10 @@ use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 
 use crate::BreakerState;
+use crate::deadline::after;
+
+/// Largest accepted [`BreakerConfig::window`] (each breaker keeps one flag per slot).
+const MAX_WINDOW: usize = 1 << 20;
 
 /// Circuit-breaker settings (one breaker per resource kind).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -37,6 +47,9 @@ impl BreakerConfig {
         let bad = |m: &str| Err(crate::QosError::InvalidConfig(format!("breaker: {m}")));
         if self.window == 0 || self.min_calls == 0 || self.min_calls > self.window {
             return bad("need 0 < min_calls <= window");
+        }
+        if self.window > MAX_WINDOW {
+            return bad("window must be at most 1048576 outcomes");
         }
         if !(self.failure_rate > 0.0 && self.failure_rate <= 1.0) {
             return bad("failure_rate must be in (0, 1]");
@@ -97,7 +110,7 @@ impl Breaker {
                     return (Err(until - now), None);
                 }
                 self.state = BreakerState::HalfOpen;
-                self.until = Some(now + open_for);
+                self.until = Some(after(now, open_for));
                 self.probes_started = 1;
                 self.probes_ok = 0;
                 (Ok(()), Some(BreakerState::HalfOpen))
@@ -110,7 +123,7 @@ impl Breaker {
                 // Probes whose outcome never came (cancelled callers) must not wedge the breaker.
                 let until = self.until.unwrap_or(now);
                 if now >= until {
-                    self.until = Some(now + open_for);
+                    self.until = Some(after(now, open_for));
                     self.probes_started = 1;
                     self.probes_ok = 0;
                     return (Ok(()), None);
@@ -120,30 +133,30 @@ impl Breaker {
         }
     }
 
+    /// An admission involving this resource succeeded. While open, that is evidence the resource
+    /// is no longer exhausted (the manager admits work that fits whatever the breaker says):
+    /// `half_open_probes` such admissions in a row, with no failure between them, close it. No
+    /// intermediate state change is reported, so a breaker at the edge of exhaustion does not
+    /// flap between open and half-open on every release.
     pub(crate) fn on_success(&mut self, cfg: &BreakerConfig) -> Option<BreakerState> {
-        match self.state {
-            BreakerState::Closed => {
-                self.push(false);
-                None
-            }
-            BreakerState::HalfOpen => {
-                self.probes_ok += 1;
-                if self.probes_ok >= cfg.half_open_probes {
-                    self.state = BreakerState::Closed;
-                    self.reset_window();
-                    Some(BreakerState::Closed)
-                } else {
-                    None
-                }
-            }
-            BreakerState::Open => None,
+        if self.state == BreakerState::Closed {
+            self.push(false);
+            return None;
         }
+        self.probes_ok = self.probes_ok.saturating_add(1);
+        if self.probes_ok >= cfg.half_open_probes {
+            self.state = BreakerState::Closed;
+            self.reset_window();
+            return Some(BreakerState::Closed);
+        }
+        None
     }
 
     pub(crate) fn on_failure(&mut self, cfg: &BreakerConfig, now: Instant) -> Option<BreakerState> {
         let open = |b: &mut Self| {
             b.state = BreakerState::Open;
-            b.until = Some(now + Duration::from_millis(cfg.open_ms));
+            b.until = Some(after(now, Duration::from_millis(cfg.open_ms)));
+            b.probes_ok = 0;
             b.reset_window();
             Some(BreakerState::Open)
         };
@@ -157,7 +170,11 @@ impl Breaker {
                 }
             }
             BreakerState::HalfOpen => open(self),
-            BreakerState::Open => None,
+            BreakerState::Open => {
+                // Successes while open must be consecutive to close it.
+                self.probes_ok = 0;
+                None
+            }
         }
     }
 
@@ -229,6 +246,54 @@ mod tests {
         assert!(b.check(&cfg, later).0.is_ok());
         assert_eq!(b.on_failure(&cfg, later), Some(BreakerState::Open));
         assert!(BreakerConfig { failure_rate: 0.0, ..cfg.clone() }.validate().is_err());
-        assert!(BreakerConfig { min_calls: 4, ..cfg }.validate().is_err());
+        assert!(BreakerConfig { min_calls: 4, ..cfg.clone() }.validate().is_err());
+        assert!(BreakerConfig { window: usize::MAX, min_calls: 1, ..cfg }.validate().is_err());
+    }
+
+    #[test]
+    fn success_while_open_half_opens_and_closes_after_enough_probes() {
+        let cfg = BreakerConfig {
+            window: 2,
+            min_calls: 2,
+            failure_rate: 1.0,
+            open_ms: 60_000,
+            half_open_probes: 2,
+            enabled: true,
+        };
+        let mut b = Breaker::new(&cfg);
+        let t0 = Instant::now();
+        b.on_failure(&cfg, t0);
+        assert_eq!(b.on_failure(&cfg, t0), Some(BreakerState::Open));
+        assert_eq!(b.on_success(&cfg), None, "work that fits was admitted: one probe of two");
+        assert_eq!(b.state(), BreakerState::Open, "no flapping through half-open");
+        assert_eq!(b.on_failure(&cfg, t0), None, "a failure while open resets the count");
+        assert_eq!(b.on_success(&cfg), None);
+        assert_eq!(b.on_success(&cfg), Some(BreakerState::Closed), "two in a row");
+        // One probe is enough when so configured; the window starts afresh.
+        let one = BreakerConfig { half_open_probes: 1, ..cfg.clone() };
+        b.on_failure(&one, t0);
+        assert_eq!(b.on_failure(&one, t0), Some(BreakerState::Open));
+        assert_eq!(b.on_success(&one), Some(BreakerState::Closed));
+        assert_eq!(b.on_failure(&one, t0), None, "fresh window: one failure of two needed");
+    }
+
+    #[test]
+    fn huge_open_time_saturates() {
+        let cfg = BreakerConfig {
+            window: 1,
+            min_calls: 1,
+            failure_rate: 1.0,
+            open_ms: u64::MAX,
+            half_open_probes: u32::MAX,
+            enabled: true,
+        };
+        assert!(cfg.validate().is_ok());
+        let mut b = Breaker::new(&cfg);
+        let t0 = Instant::now();
+        assert_eq!(b.on_failure(&cfg, t0), Some(BreakerState::Open));
+        let (res, _) = b.check(&cfg, t0 + Duration::from_secs(3600));
+        assert!(res.is_err());
+        assert_eq!(b.on_success(&cfg), None, "u32::MAX probes needed");
+        assert_eq!(b.state(), BreakerState::Open);
     }
 }

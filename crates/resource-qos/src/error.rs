@@ -24,6 +24,16 @@ pub enum QosError {
         "unknown resource {0:?}: not one of cpu, memory, nvidia.com/gpu, nvidia.com/mig-<profile>, nvidia.com/gpu.shared, or a configured custom resource"
     )]
     UnknownResource(String),
+    /// A namespace, principal or priority-class name given with a request is empty, too long
+    /// (over [`MAX_NAME_LEN`](crate::MAX_NAME_LEN) bytes) or contains a control character. The
+    /// name itself is not repeated.
+    #[error("invalid {what} name: it {reason}")]
+    InvalidName {
+        /// Which name (`namespace`, `principal`, `priority class`).
+        what: &'static str,
+        /// What is wrong with it.
+        reason: &'static str,
+    },
     /// A request is malformed (e.g. request above limit, unequal request and limit of an extended resource).
     #[error("invalid request: {0}")]
     InvalidRequest(String),
@@ -91,7 +101,9 @@ pub enum QosError {
         /// Hint for when to retry.
         retry_after: Duration,
     },
-    /// The circuit breaker of a resource is open because admissions keep failing for exhaustion.
+    /// The circuit breaker of a resource is open because admissions keep failing for exhaustion,
+    /// and this request does not fit right now (requests that fit are admitted whatever the
+    /// breaker's state).
     #[error("circuit breaker for {resource} is open, retry after {retry_after:?}")]
     CircuitOpen {
         /// The resource.
@@ -110,6 +122,12 @@ pub enum QosError {
     /// The allocation or lease is no longer held (released, expired or preempted and reclaimed).
     #[error("allocation {0} is no longer held")]
     NotHeld(u64),
+    /// No lease with this id is held: released, expired, reclaimed, or never issued.
+    #[error("lease is not held (released, expired, reclaimed or never issued)")]
+    LeaseNotHeld,
+    /// The lease is held by another principal than the one renewing or releasing it.
+    #[error("lease belongs to another principal")]
+    NotLeaseOwner,
     /// The manager was shut down.
     #[error("resource manager shut down")]
     Shutdown,

@@ -15,8 +15,10 @@
 //!    `max_limit_request_ratio`. The [`QosClass`] is derived from the result as Kubernetes does.
 //! 3. **ResourceQuota** — summed requests and limits per namespace, per priority-class scope.
 //!    A quota denial is final (as in Kubernetes); it does not wait.
-//! 4. **Circuit breaker** of each requested resource — open breakers fail fast.
-//! 5. **Capacity** — what is free, minus what waiters of equal or higher priority wait for.
+//! 4. **Capacity** — what is free, minus what waiters of equal or higher priority wait for. A
+//!    request that fits is admitted here, whatever the breakers say.
+//! 5. **Circuit breaker** of each resource the request is short of — an open breaker fails fast
+//!    with [`QosError::CircuitOpen`] instead of queueing or preempting.
 //! 6. **Preemption** when short and the [`PriorityClass`] allows: victims are strictly lower
 //!    priority and preemptible, chosen BestEffort → Burstable → Guaranteed, then lowest
 //!    priority, then newest, and only if together they make room. They are signalled through
@@ -82,7 +84,18 @@
 //! - A quota denial is immediate; waiters re-check quota when capacity frees.
 //! - [`ResourceManager::try_allocate`] never waits and never preempts.
 //! - The breaker counts an admission as a success for each requested kind, and `Insufficient`,
-//!   `Overloaded` and `Timeout` as failures of the kinds that were short.
+//!   `Overloaded` and `Timeout` as failures of the kinds that were short. Exhaustion is
+//!   backpressure, so an open breaker never refuses a request that fits; admissions while it is
+//!   open count as probes, and `half_open_probes` of them in a row close it.
+//!
+//! ## Hostile input
+//! - Durations are saturating: a timeout, lease TTL, grace period or breaker open time too long
+//!   for the clock (up to `Duration::MAX`) means "about thirty years", i.e. no deadline. A zero
+//!   lease TTL is refused. Nothing is counted as used before every step that could fail is done.
+//! - Namespace, principal and priority-class names must be non-empty, at most [`MAX_NAME_LEN`]
+//!   bytes and free of control characters ([`QosError::InvalidName`]); any other Unicode is fine.
+//! - A detached lease is addressed by a random 128-bit [`LeaseId`] and may be renewed or released
+//!   only by the principal that allocated it ([`QosError::NotLeaseOwner`]).
 //!
 //! ## Not implemented
 //! - GPU resources are counted, not bound: the manager does not choose which device UUID or MIG
@@ -94,9 +107,11 @@
 
 mod breaker;
 mod capacity;
+mod deadline;
 mod error;
 mod manager;
 pub mod monitor;
+mod name;
 mod observe;
 mod policy;
 mod rbac;
@@ -109,6 +124,7 @@ pub use manager::{
     Allocation, AllocationRequest, LeaseId, ManagerConfig, ResourceManager, ResourceManagerBuilder, Revocation,
     UsageSnapshot,
 };
+pub use name::MAX_NAME_LEN;
 pub use observe::{
     AuditAction, AuditRecord, AuditSink, BreakerState, JsonLinesAuditSink, MemoryAuditSink, NoopAuditSink,
     NoopObserver, ResourceEvent, ResourceObserver,

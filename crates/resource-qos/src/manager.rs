@@ -14,6 +14,7 @@ use tokio::sync::{Notify, oneshot};
 use tokio::time::Instant;
 
 use crate::breaker::Breaker;
+use crate::deadline::{FAR_FUTURE, after, millis_saturating};
 use crate::observe::{AuditAction, AuditRecord, ResourceEvent};
 use crate::policy::NamespacePolicy;
 use crate::{
@@ -132,14 +133,18 @@ impl AllocationRequest {
         self
     }
 
-    /// How long `allocate` may wait in the queue (default: the manager's).
+    /// How long `allocate` may wait in the queue (default: the manager's). `Duration::ZERO`
+    /// means "admit now or time out"; durations beyond about thirty years (up to
+    /// `Duration::MAX`) mean "no deadline".
     pub fn timeout(mut self, timeout: Duration) -> Self {
         self.timeout = Some(timeout);
         self
     }
 
     /// Makes the allocation a lease: it must be renewed with a heartbeat within `ttl`, else its
-    /// resources are reclaimed.
+    /// resources are reclaimed. A TTL beyond about thirty years (up to `Duration::MAX`) never
+    /// expires in practice; `Duration::ZERO` is refused at admission with
+    /// [`QosError::InvalidRequest`].
     pub fn lease(mut self, ttl: Duration) -> Self {
         self.lease_ttl = Some(ttl);
         self
@@ -191,9 +196,73 @@ impl HandleShared {
     }
 }
 
-/// Id of a detached lease.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-pub struct LeaseId(pub u64);
+/// Id of a detached lease: 128 random bits from the operating system's generator, so a lease
+/// cannot be found by guessing or counting. It is also bound to the principal that allocated it:
+/// [`ResourceManager::heartbeat`] and [`ResourceManager::release_lease`] refuse other principals.
+///
+/// It renders as (and parses from) 32 lowercase hex digits for storage or transport. Treat it
+/// like a credential: `Debug` shows only its first four digits, and no error message, audit
+/// record or event of this crate contains it.
+///
+/// ```
+/// use strata_resource_qos::LeaseId;
+/// let id: LeaseId = "0123456789abcdef0123456789abcdef".parse()?;
+/// assert_eq!(id.to_string(), "0123456789abcdef0123456789abcdef");
+/// assert_eq!(format!("{id:?}"), "LeaseId(0123…)");
+/// assert!("42".parse::<LeaseId>().is_err());
+/// # Ok::<(), strata_resource_qos::QosError>(())
+/// ```
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct LeaseId(u128);
+
+impl LeaseId {
+    fn random() -> Result<Self, QosError> {
+        let mut bytes = [0u8; 16];
+        getrandom::fill(&mut bytes).map_err(|e| {
+            tracing::error!(error = %e, "the operating system's random number generator failed");
+            QosError::InvalidRequest("cannot draw a random lease id: the system random generator failed".into())
+        })?;
+        Ok(Self(u128::from_le_bytes(bytes)))
+    }
+}
+
+impl std::fmt::Display for LeaseId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:032x}", self.0)
+    }
+}
+
+impl std::fmt::Debug for LeaseId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "LeaseId({:04x}…)", self.0 >> 112)
+    }
+}
+
+impl std::str::FromStr for LeaseId {
+    type Err = QosError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        if s.len() != 32 || !s.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(QosError::InvalidRequest("a lease id is 32 hex digits".into()));
+        }
+        u128::from_str_radix(s, 16)
+            .map(Self)
+            .map_err(|_| QosError::InvalidRequest("a lease id is 32 hex digits".into()))
+    }
+}
+
+impl Serialize for LeaseId {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for LeaseId {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(deserializer)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
 
 /// An admitted allocation. Dropping it returns its resources (RAII).
 ///
@@ -212,7 +281,8 @@ pub struct Allocation {
 }
 
 impl Allocation {
-    /// Allocation id (also the lease id once detached).
+    /// Allocation id: sequential, the one observer events and audit records name. It is not a
+    /// capability: a detached lease is addressed by its unguessable [`LeaseId`].
     #[must_use]
     pub fn id(&self) -> u64 {
         self.id
@@ -270,23 +340,33 @@ impl Allocation {
     }
 
     /// Turns the handle into a detached lease that is not released on drop: it lives until
-    /// [`ResourceManager::release_lease`] or until it misses a heartbeat.
+    /// [`ResourceManager::release_lease`] or until it misses a heartbeat. Only the principal that
+    /// made the request may renew or release it.
     ///
     /// # Errors
     /// [`QosError::InvalidRequest`] when the allocation was not made with a lease TTL (it would
-    /// leak forever), [`QosError::NotHeld`] when already reclaimed.
+    /// leak forever) or no random id could be drawn, [`QosError::NotHeld`] when already
+    /// reclaimed. On error the handle is consumed and its resources are released.
     pub fn detach(mut self) -> Result<LeaseId, QosError> {
-        let st = self.inner.state.lock();
-        match st.allocs.get(&self.id) {
+        let lease = LeaseId::random()?;
+        let mut st = self.inner.state.lock();
+        let st = &mut *st;
+        match st.allocs.get_mut(&self.id) {
             None => return Err(QosError::NotHeld(self.id)),
             Some(r) if r.lease.is_none() => {
                 return Err(QosError::InvalidRequest("only allocations with a lease TTL can be detached".into()));
             }
-            Some(_) => {}
+            Some(r) => {
+                if st.leases.contains_key(&lease.0) {
+                    // 2^-128: refuse rather than hand out an id another lease already has.
+                    return Err(QosError::InvalidRequest("random lease id collided; retry".into()));
+                }
+                r.lease_id = Some(lease.0);
+                st.leases.insert(lease.0, self.id);
+            }
         }
-        drop(st);
         self.detached = true;
-        Ok(LeaseId(self.id))
+        Ok(lease)
     }
 
     /// Releases now (same as dropping).
@@ -340,6 +420,8 @@ struct Record {
     quotas: Vec<usize>,
     seq: u64,
     lease: Option<(Duration, Instant)>,
+    /// Set once detached: the token [`LeaseId`] carries.
+    lease_id: Option<u128>,
     terminating: Option<Instant>,
     shared: Arc<HandleShared>,
 }
@@ -367,25 +449,31 @@ struct CompiledNamespace {
     quotas: Vec<CompiledQuota>,
 }
 
+/// Summed requests and limits of one quota, per kind. `u128`: limits are not bounded by
+/// capacity, so a sum of `u64` limits must not overflow (that would panic mid-admission).
 #[derive(Default)]
 struct QuotaUse {
-    req: Vec<u64>,
-    lim: Vec<u64>,
+    req: Vec<u128>,
+    lim: Vec<u128>,
 }
 
 struct State {
     capacity: Vec<u64>,
     used: Vec<u64>,
     terminating: Vec<u64>,
-    waiting_total: Vec<u64>,
+    /// Summed requests of all waiters per kind (`u128`: many waiters may each ask for up to
+    /// `u64::MAX` when the capacity is that large).
+    waiting_total: Vec<u128>,
     /// Per kind: waiters that were short of it when last looked at.
     blocked: Vec<u32>,
     /// A drain stopped early, so some waiters' `short` may be stale: drain on every release.
     short_stale: bool,
     quota_use: HashMap<Arc<str>, Vec<QuotaUse>>,
     allocs: HashMap<u64, Record, BuildHasherDefault<IdHasher>>,
+    /// Detached leases: random token → allocation id.
+    leases: HashMap<u128, u64>,
     waiters: BTreeMap<WaitKey, Waiter>,
-    waiting_by_prio: BTreeMap<Reverse<i32>, Vec<u64>>,
+    waiting_by_prio: BTreeMap<Reverse<i32>, Vec<u128>>,
     waiter_deadlines: BTreeSet<(Instant, u64)>,
     timers: BTreeSet<(Instant, u64)>,
     breakers: Vec<Breaker>,
@@ -522,15 +610,17 @@ impl ResourceManagerBuilder {
         self
     }
 
-    /// Sets the default wait timeout.
+    /// Sets the default wait timeout (whole milliseconds; beyond about thirty years means no
+    /// deadline).
     pub fn default_timeout(mut self, timeout: Duration) -> Self {
-        self.config.default_timeout_ms = timeout.as_millis() as u64;
+        self.config.default_timeout_ms = millis_saturating(timeout);
         self
     }
 
-    /// Sets the preemption grace period.
+    /// Sets the preemption grace period (whole milliseconds; beyond about thirty years means
+    /// victims are never reclaimed by force).
     pub fn grace_period(mut self, grace: Duration) -> Self {
-        self.config.grace_period_ms = grace.as_millis() as u64;
+        self.config.grace_period_ms = millis_saturating(grace);
         self
     }
 
@@ -544,8 +634,11 @@ impl ResourceManagerBuilder {
     ///
     /// # Errors
     /// [`QosError::InvalidConfig`] (duplicate or several default priority classes, bad LimitRange,
-    /// quotas on unknown resources, zero capacity, bad breaker settings), [`QosError::Gpu`] when the
-    /// device-plugin view cannot be computed.
+    /// quotas on unknown resources, zero capacity, bad breaker settings, a priority-class,
+    /// namespace or quota name that is empty, longer than [`MAX_NAME_LEN`](crate::MAX_NAME_LEN)
+    /// bytes or holds a control character, duplicate quota names in a namespace, a custom resource
+    /// name that is not `domain/name`), [`QosError::Gpu`] when the device-plugin view cannot be
+    /// computed.
     pub fn build(self) -> Result<ResourceManager, QosError> {
         let cfg = self.config;
         cfg.breaker.validate()?;
@@ -568,15 +661,24 @@ impl ResourceManagerBuilder {
         if let Some((k, _)) = capacity.iter().find(|(_, q)| *q == 0) {
             return Err(QosError::InvalidConfig(format!("capacity of {k} is zero")));
         }
+        for (k, _) in capacity.iter() {
+            // `ResourceKind::Custom` can be built directly, bypassing `ResourceKind::custom`.
+            if let ResourceKind::Custom(name) = k
+                && ResourceKind::custom(name).is_err()
+            {
+                return Err(QosError::InvalidConfig(format!(
+                    "custom resource name {:?} is not of the form domain/name",
+                    crate::name::sanitized(name)
+                )));
+            }
+        }
         let kinds: Vec<ResourceKind> = capacity.iter().map(|(k, _)| k.clone()).collect();
         let index: HashMap<ResourceKind, usize> = kinds.iter().cloned().enumerate().map(|(i, k)| (k, i)).collect();
 
         let mut classes = HashMap::new();
         let mut default_class = None;
         for c in &cfg.priority_classes {
-            if c.name.is_empty() {
-                return Err(QosError::InvalidConfig("priority class with an empty name".into()));
-            }
+            crate::name::check_config("priority class", &c.name)?;
             if classes.insert(c.name.clone(), c.clone()).is_some() {
                 return Err(QosError::InvalidConfig(format!("priority class {} defined twice", c.name)));
             }
@@ -600,11 +702,16 @@ impl ResourceManagerBuilder {
         let mut namespaces = HashMap::new();
         let mut quota_use = HashMap::new();
         for (ns, pol) in &cfg.namespaces {
+            crate::name::check_config("namespace", ns)?;
             if let Some(lr) = &pol.limit_range {
                 lr.validate(ns)?;
             }
-            let mut quotas = Vec::new();
+            let mut quotas: Vec<CompiledQuota> = Vec::new();
             for q in &pol.quotas {
+                crate::name::check_config(&format!("namespace {ns}: quota"), &q.name)?;
+                if quotas.iter().any(|c| c.name == q.name) {
+                    return Err(QosError::InvalidConfig(format!("namespace {ns}: quota {} defined twice", q.name)));
+                }
                 if let Some(set) = &q.scope.priority_classes
                     && let Some(c) = set.iter().find(|c| !classes.contains_key(*c))
                 {
@@ -639,6 +746,7 @@ impl ResourceManagerBuilder {
             short_stale: false,
             quota_use,
             allocs: HashMap::default(),
+            leases: HashMap::new(),
             waiters: BTreeMap::new(),
             waiting_by_prio: BTreeMap::new(),
             waiter_deadlines: BTreeSet::new(),
@@ -696,9 +804,14 @@ impl ResourceManager {
     pub async fn allocate(&self, request: AllocationRequest) -> Result<Allocation, QosError> {
         use tracing::Instrument;
         // The principal is left out of the span (it may name a person); the namespace is not.
+        // A namespace that admission will refuse is not written raw into the span either.
+        let namespace: std::borrow::Cow<'_, str> = match crate::name::problem(&request.namespace) {
+            None => std::borrow::Cow::Borrowed(&*request.namespace),
+            Some(_) => std::borrow::Cow::Owned(crate::name::sanitized(&request.namespace)),
+        };
         let span = tracing::info_span!(
             "resource.allocate",
-            resource.namespace = %request.namespace,
+            resource.namespace = %namespace,
             resource.outcome = tracing::field::Empty,
             resource.qos = tracing::field::Empty
         );
@@ -720,9 +833,9 @@ impl ResourceManager {
         let inner = &self.inner;
         let prepared = inner.prepare(request)?;
         let now = Instant::now();
-        let deadline = now + prepared.timeout;
+        let deadline = after(now, prepared.timeout);
         let mut fx = Effects::default();
-        let (rx, key, wait_seq) = {
+        let (rx, mut guard, key, wait_seq) = {
             let mut st = inner.state.lock();
             match inner.admit(&mut st, &prepared, now, true, &mut fx) {
                 Err(e) => {
@@ -761,10 +874,10 @@ impl ResourceManager {
                         .entry(Reverse(prepared.priority))
                         .or_insert_with(|| vec![0; inner.kinds.len()]);
                     for &(k, q) in &prepared.req {
-                        sums[k] += q;
+                        sums[k] += u128::from(q);
                     }
                     for &(k, q) in &prepared.req {
-                        st.waiting_total[k] += q;
+                        st.waiting_total[k] += u128::from(q);
                     }
                     st.waiter_deadlines.insert((deadline, seq));
                     if inner.observe {
@@ -780,12 +893,14 @@ impl ResourceManager {
                     }
                     st.waiters.insert(key, Waiter { prepared, tx, enqueued: now, deadline, short, seq });
                     drop(st);
+                    // The guard exists before observers run: if one panics, unwinding still takes
+                    // the waiter (and what it reserves) out of the queue.
+                    let guard = WaitGuard { inner: Arc::clone(inner), key: Some(key) };
                     inner.emit(fx);
-                    (rx, key, (seq, ns, principal))
+                    (rx, guard, key, (seq, ns, principal))
                 }
             }
         };
-        let mut guard = WaitGuard { inner: Arc::clone(inner), key: Some(key) };
         tokio::pin!(rx);
         loop {
             let next_timer = inner.state.lock().timers.first().map(|(t, _)| *t);
@@ -864,20 +979,27 @@ impl ResourceManager {
         }
     }
 
-    /// Renews a detached lease.
+    /// Renews a detached lease on behalf of `principal`, who must be the principal that made the
+    /// request.
     ///
     /// # Errors
-    /// [`QosError::NotHeld`] when it expired or was released.
-    pub fn heartbeat(&self, lease: LeaseId) -> Result<(), QosError> {
-        self.inner.heartbeat(lease.0)
+    /// [`QosError::LeaseNotHeld`] when it expired, was released or was never issued;
+    /// [`QosError::NotLeaseOwner`] (audited as a denial) when another principal holds it.
+    pub fn heartbeat(&self, principal: &str, lease: LeaseId) -> Result<(), QosError> {
+        let id = self.inner.owned_lease(principal, lease)?;
+        self.inner.heartbeat(id).map_err(|_| QosError::LeaseNotHeld)
     }
 
-    /// Releases a detached lease.
+    /// Releases a detached lease on behalf of `principal`, who must be the principal that made the
+    /// request.
     ///
     /// # Errors
-    /// [`QosError::NotHeld`] when it expired or was already released.
-    pub fn release_lease(&self, lease: LeaseId) -> Result<(), QosError> {
-        if self.inner.release(lease.0, AuditAction::Released) { Ok(()) } else { Err(QosError::NotHeld(lease.0)) }
+    /// [`QosError::LeaseNotHeld`] when it expired, was already released or was never issued;
+    /// [`QosError::NotLeaseOwner`] (audited as a denial) when another principal holds it.
+    pub fn release_lease(&self, principal: &str, lease: LeaseId) -> Result<(), QosError> {
+        let id = self.inner.owned_lease(principal, lease)?;
+        // Allocation ids are never reused, so the lease cannot have changed hands in between.
+        if self.inner.release(id, AuditAction::Released) { Ok(()) } else { Err(QosError::LeaseNotHeld) }
     }
 
     /// Reclaims expired leases and victims past their grace period, then admits waiters that fit.
@@ -897,7 +1019,7 @@ impl ResourceManager {
     pub fn spawn_maintenance(&self, period: Duration) -> tokio::task::JoinHandle<()> {
         let weak: Weak<Inner> = Arc::downgrade(&self.inner);
         tokio::spawn(async move {
-            let mut tick = tokio::time::interval(period.max(Duration::from_millis(1)));
+            let mut tick = tokio::time::interval(period.clamp(Duration::from_millis(1), FAR_FUTURE));
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 tick.tick().await;
@@ -942,8 +1064,13 @@ impl ResourceManager {
         let qi = ns.quotas.iter().position(|q| q.name == quota)?;
         let st = self.inner.state.lock();
         let u = st.quota_use.get(namespace)?.get(qi)?;
-        let list = |v: &[u64]| -> ResourceList {
-            v.iter().enumerate().filter(|(_, q)| **q > 0).map(|(i, q)| (self.inner.kinds[i].clone(), *q)).collect()
+        // Summed limits may pass u64::MAX (limits are not bounded by capacity): saturate.
+        let list = |v: &[u128]| -> ResourceList {
+            v.iter()
+                .enumerate()
+                .filter(|(_, q)| **q > 0)
+                .map(|(i, q)| (self.inner.kinds[i].clone(), u64::try_from(*q).unwrap_or(u64::MAX)))
+                .collect()
         };
         Some((list(&u.req), list(&u.lim)))
     }
@@ -1028,9 +1155,23 @@ impl Inner {
             timeout,
             lease_ttl,
         } = r;
+        for (what, name) in [("namespace", &*namespace), ("principal", &*principal)] {
+            if let Err(e) = crate::name::check(what, name) {
+                let (ns, who) = (crate::name::sanitized(&namespace), crate::name::sanitized(&principal));
+                return Err(self.deny(&ns, &who, e, Effects::default()));
+            }
+        }
         let fail = |e: QosError| Err(self.deny(&namespace, &principal, e, Effects::default()));
         if !self.access.may_allocate(&principal, &namespace) {
             return fail(QosError::Forbidden { principal: principal.to_string(), namespace: namespace.to_string() });
+        }
+        if let Some(name) = &priority_class
+            && let Err(e) = crate::name::check("priority class", name)
+        {
+            return fail(e);
+        }
+        if lease_ttl == Some(Duration::ZERO) {
+            return fail(QosError::InvalidRequest("a lease TTL must be positive".into()));
         }
         let class = match &priority_class {
             Some(name) => match self.classes.get(name) {
@@ -1089,7 +1230,8 @@ impl Inner {
                     req.push((i, q));
                 }
                 None if matches!(k, ResourceKind::Custom(_)) => {
-                    return fail(QosError::UnknownResource(k.to_string()));
+                    // `ResourceKind::Custom` can be built with any text: bound and escape it.
+                    return fail(QosError::UnknownResource(crate::name::sanitized(&k.to_string())));
                 }
                 None => {
                     return fail(QosError::ExceedsCapacity { resource: k.to_string(), requested: q, capacity: 0 });
@@ -1133,17 +1275,6 @@ impl Inner {
             self.reap(st, now, fx);
         }
         self.check_quota(&st.quota_use, p)?;
-        if self.breaker_cfg.enabled {
-            for &(k, _) in &p.req {
-                let (res, change) = st.breakers[k].check(&self.breaker_cfg, now);
-                if let Some(s) = change {
-                    self.breaker_event(k, s, fx);
-                }
-                if let Err(retry_after) = res {
-                    return Err(QosError::CircuitOpen { resource: self.kinds[k].to_string(), retry_after });
-                }
-            }
-        }
         // Capacity, keeping back what waiters of equal or higher priority are waiting for.
         let mut short = Vec::new();
         for &(k, q) in &p.req {
@@ -1152,7 +1283,21 @@ impl Inner {
             }
         }
         if short.is_empty() {
+            // Work that fits is never refused by a breaker: exhaustion is backpressure, and
+            // admissions now are evidence that it is over (enough in a row close the breaker).
             return Ok(Admit::Fits);
+        }
+        // Open breakers of the short resources fail fast instead of queueing or preempting.
+        if self.breaker_cfg.enabled {
+            for &k in &short {
+                let (res, change) = st.breakers[k].check(&self.breaker_cfg, now);
+                if let Some(s) = change {
+                    self.breaker_event(k, s, fx);
+                }
+                if let Err(retry_after) = res {
+                    return Err(QosError::CircuitOpen { resource: self.kinds[k].to_string(), retry_after });
+                }
+            }
         }
         // Preempt only when this request can then wait for the victims (queue not full).
         if may_wait && p.may_preempt && st.waiters.len() < self.max_waiters {
@@ -1164,12 +1309,15 @@ impl Inner {
     fn available_for(&self, st: &State, k: usize, priority: i32, with_terminating: bool) -> u64 {
         let mut avail = st.capacity[k].saturating_sub(st.used[k]);
         if with_terminating {
-            avail += st.terminating[k];
+            avail = avail.saturating_add(st.terminating[k]);
         }
         if st.waiting_total[k] > 0 {
+            let mut avail = u128::from(avail);
             for sums in st.waiting_by_prio.range(..=Reverse(priority)).map(|(_, s)| s) {
                 avail = avail.saturating_sub(sums[k]);
             }
+            // Never above the u64 it started from.
+            return u64::try_from(avail).unwrap_or(u64::MAX);
         }
         avail
     }
@@ -1188,13 +1336,13 @@ impl Inner {
             {
                 for &(k, h) in hard {
                     let want = mine.iter().find(|(i, _)| *i == k).map_or(0, |(_, v)| *v);
-                    if want > 0 && used[k] + want > h {
+                    if want > 0 && used[k] + u128::from(want) > u128::from(h) {
                         return Err(QosError::QuotaExceeded {
                             namespace: p.namespace.to_string(),
                             quota: q.name.clone(),
                             resource: format!("{what}.{}", self.kinds[k]),
                             requested: want,
-                            used: used[k],
+                            used: u64::try_from(used[k]).unwrap_or(u64::MAX),
                             hard: h,
                         });
                     }
@@ -1204,10 +1352,21 @@ impl Inner {
         Ok(())
     }
 
+    /// Takes the resources. Everything that could fail or panic (the handle's back-reference,
+    /// the lease deadline, the id) is done before anything is counted, so a failure can never
+    /// leave capacity or quota counted for an allocation nobody holds.
     fn commit(&self, st: &mut State, p: Prepared, now: Instant, waited: Duration, fx: &mut Effects) -> Allocation {
+        let inner = self.me.upgrade().unwrap_or_else(|| unreachable!("Inner is only used through an Arc"));
+        let lease = p.lease_ttl.map(|ttl| (ttl, after(now, ttl)));
+        let shared = Arc::new(HandleShared {
+            status: AtomicU8::new(ST_ACTIVE),
+            deadline: Mutex::new(None),
+            notify: Notify::new(),
+        });
         let id = st.next_id;
-        st.next_id += 1;
-        st.seq += 1;
+        st.next_id = st.next_id.wrapping_add(1).max(1);
+        st.seq = st.seq.wrapping_add(1);
+        // Counting starts here: nothing below can fail.
         for &(k, q) in &p.req {
             st.used[k] += q;
         }
@@ -1216,10 +1375,10 @@ impl Inner {
         {
             for &qi in &p.quotas {
                 for &(k, q) in &p.req {
-                    uses[qi].req[k] += q;
+                    uses[qi].req[k] += u128::from(q);
                 }
                 for &(k, q) in &p.lim {
-                    uses[qi].lim[k] += q;
+                    uses[qi].lim[k] += u128::from(q);
                 }
             }
         }
@@ -1230,15 +1389,9 @@ impl Inner {
                 }
             }
         }
-        let lease = p.lease_ttl.map(|ttl| (ttl, now + ttl));
         if let Some((_, d)) = lease {
             st.timers.insert((d, id));
         }
-        let shared = Arc::new(HandleShared {
-            status: AtomicU8::new(ST_ACTIVE),
-            deadline: Mutex::new(None),
-            notify: Notify::new(),
-        });
         if self.observe {
             fx.touched = true;
             fx.events.push(ResourceEvent::Admitted {
@@ -1274,19 +1427,12 @@ impl Inner {
                 quotas: p.quotas,
                 seq: st.seq,
                 lease,
+                lease_id: None,
                 terminating: None,
                 shared: Arc::clone(&shared),
             },
         );
-        Allocation {
-            inner: self.me.upgrade().unwrap_or_else(|| unreachable!("Inner is only used through an Arc")),
-            shared,
-            id,
-            qos: p.qos,
-            priority: p.priority,
-            requests: p.requests,
-            detached: false,
-        }
+        Allocation { inner, shared, id, qos: p.qos, priority: p.priority, requests: p.requests, detached: false }
     }
 
     fn utilization(&self, st: &State, fx: &mut Effects) {
@@ -1408,7 +1554,7 @@ impl Inner {
                 chosen.remove(i);
             }
         }
-        let deadline = now + self.grace;
+        let deadline = after(now, self.grace);
         for id in chosen {
             let Some(r) = st.allocs.get_mut(&id) else { continue };
             r.terminating = Some(deadline);
@@ -1494,12 +1640,15 @@ impl Inner {
         {
             for &qi in &r.quotas {
                 for &(k, q) in &r.req {
-                    uses[qi].req[k] -= q;
+                    uses[qi].req[k] -= u128::from(q);
                 }
                 for &(k, q) in &r.lim {
-                    uses[qi].lim[k] -= q;
+                    uses[qi].lim[k] -= u128::from(q);
                 }
             }
+        }
+        if let Some(token) = r.lease_id {
+            st.leases.remove(&token);
         }
         if let Some(reason) = reason {
             r.shared.signal(ST_RECLAIMED, None);
@@ -1546,6 +1695,44 @@ impl Inner {
         }
     }
 
+    /// The allocation behind a detached lease, if `principal` holds it.
+    fn owned_lease(&self, principal: &str, lease: LeaseId) -> Result<u64, QosError> {
+        let st = self.state.lock();
+        let Some(r) = st.leases.get(&lease.0).and_then(|id| st.allocs.get(id).map(|r| (*id, r))) else {
+            return Err(QosError::LeaseNotHeld);
+        };
+        let (id, r) = r;
+        if *r.principal == *principal {
+            return Ok(id);
+        }
+        let namespace = Arc::clone(&r.namespace);
+        drop(st);
+        tracing::warn!(allocation = id, "lease renewal or release by a principal that does not hold it refused");
+        let err = QosError::NotLeaseOwner;
+        let mut fx = Effects::default();
+        // The caller's name is not validated here: record it bounded and escaped.
+        let principal = crate::name::sanitized(principal);
+        if self.auditing {
+            fx.audits.push(AuditRecord::now(
+                &principal,
+                &namespace,
+                AuditAction::Denied,
+                Some(id),
+                ResourceList::new(),
+                err.to_string(),
+            ));
+        }
+        if self.observe {
+            fx.events.push(ResourceEvent::Denied {
+                namespace: namespace.to_string(),
+                principal,
+                reason: err.to_string(),
+            });
+        }
+        self.emit(fx);
+        Err(err)
+    }
+
     fn heartbeat(&self, id: u64) -> Result<(), QosError> {
         let now = Instant::now();
         let mut st = self.state.lock();
@@ -1559,9 +1746,10 @@ impl Inner {
             self.emit(fx);
             return Err(QosError::NotHeld(id));
         }
-        r.lease = Some((ttl, now + ttl));
+        let renewed = after(now, ttl);
+        r.lease = Some((ttl, renewed));
         st.timers.remove(&(old, id));
-        st.timers.insert((now + ttl, id));
+        st.timers.insert((renewed, id));
         Ok(())
     }
 
@@ -1575,14 +1763,14 @@ impl Inner {
         let prio = Reverse(w.prepared.priority);
         if let Some(sums) = st.waiting_by_prio.get_mut(&prio) {
             for &(k, q) in &w.prepared.req {
-                sums[k] -= q;
+                sums[k] -= u128::from(q);
             }
             if sums.iter().all(|v| *v == 0) {
                 st.waiting_by_prio.remove(&prio);
             }
         }
         for &(k, q) in &w.prepared.req {
-            st.waiting_total[k] -= q;
+            st.waiting_total[k] -= u128::from(q);
         }
         for &k in &w.short {
             st.blocked[k] -= 1;
@@ -1632,7 +1820,7 @@ impl Inner {
             let Some(w) = st.waiters.get(&key) else { continue };
             // Quota may have been taken by a waiter admitted just before in this pass.
             if self.check_quota(&st.quota_use, &w.prepared).is_err()
-                || w.prepared.req.iter().any(|&(k, q)| st.used[k] + q > st.capacity[k])
+                || w.prepared.req.iter().any(|&(k, q)| st.used[k].checked_add(q).is_none_or(|u| u > st.capacity[k]))
             {
                 // Its `short` is empty yet it stays: make the next release drain regardless.
                 st.short_stale = true;
@@ -1653,6 +1841,7 @@ impl Inner {
 fn outcome_of(e: &QosError) -> &'static str {
     match e {
         QosError::InvalidQuantity { .. }
+        | QosError::InvalidName { .. }
         | QosError::UnknownResource(_)
         | QosError::InvalidRequest(_)
         | QosError::UnknownPriorityClass(_) => "invalid",
@@ -1664,7 +1853,8 @@ fn outcome_of(e: &QosError) -> &'static str {
         QosError::Overloaded { .. } => "overloaded",
         QosError::CircuitOpen { .. } => "circuit_open",
         QosError::Timeout { .. } => "timeout",
-        QosError::NotHeld(_) => "not_held",
+        QosError::NotHeld(_) | QosError::LeaseNotHeld => "not_held",
+        QosError::NotLeaseOwner => "not_owner",
         QosError::Shutdown => "shutdown",
         #[allow(unreachable_patterns)]
         _ => "error",

@@ -44,17 +44,25 @@ pub enum ResourceKind {
 }
 
 impl ResourceKind {
-    /// A custom resource; the name must look like `domain/name`.
+    /// A custom resource; the name must look like `domain/name` (ASCII letters, digits, `.`, `-`,
+    /// `_`; at most 253 bytes of domain and 63 of name, as Kubernetes qualified names).
     ///
     /// # Errors
-    /// [`QosError::UnknownResource`] when the name is not of that form.
+    /// [`QosError::UnknownResource`] when the name is not of that form (the error carries the
+    /// name escaped and cut to 64 characters).
     pub fn custom(name: &str) -> Result<Self, QosError> {
         let valid = name.split_once('/').is_some_and(|(d, n)| {
             !d.is_empty()
                 && !n.is_empty()
+                && d.len() <= 253
+                && n.len() <= 63
                 && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_' | '/'))
         });
-        if valid { Ok(Self::Custom(Arc::from(name))) } else { Err(QosError::UnknownResource(name.to_owned())) }
+        if valid {
+            Ok(Self::Custom(Arc::from(name)))
+        } else {
+            Err(QosError::UnknownResource(crate::name::sanitized(name)))
+        }
     }
 
     /// Whether this is CPU or memory (the resources QoS classes look at, and the only ones that
@@ -170,7 +178,7 @@ impl FromStr for ResourceKind {
             return Ok(Self::GpuShare);
         }
         if let Some(rest) = s.strip_prefix(MIG_RESOURCE_PREFIX) {
-            let unknown = |_| QosError::UnknownResource(s.to_owned());
+            let unknown = |_| QosError::UnknownResource(crate::name::sanitized(s));
             return match rest.strip_suffix(SHARED_SUFFIX) {
                 Some(p) => Ok(Self::MigShare(p.parse().map_err(unknown)?)),
                 None => Ok(Self::Mig(rest.parse().map_err(unknown)?)),

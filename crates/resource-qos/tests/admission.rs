@@ -384,17 +384,17 @@ async fn leases_expire_without_heartbeat() {
     }
     assert_eq!(used(&m, &ResourceKind::Cpu), 1000);
     let lease = a.detach().unwrap();
-    m.heartbeat(lease).unwrap();
+    m.heartbeat("p", lease).unwrap();
     // Leaked: no more heartbeats.
     tokio::time::sleep(Duration::from_millis(1200)).await;
     assert_eq!(used(&m, &ResourceKind::Cpu), 0);
-    assert!(matches!(m.heartbeat(lease), Err(QosError::NotHeld(_))));
-    assert!(m.release_lease(lease).is_err());
+    assert!(matches!(m.heartbeat("p", lease), Err(QosError::LeaseNotHeld)));
+    assert!(matches!(m.release_lease("p", lease), Err(QosError::LeaseNotHeld)));
     // A detached lease released explicitly.
     let b = m.try_allocate(req(500).lease(Duration::from_secs(5))).unwrap();
     let id = b.detach().unwrap();
     assert_eq!(used(&m, &ResourceKind::Cpu), 500);
-    m.release_lease(id).unwrap();
+    m.release_lease("p", id).unwrap();
     assert_eq!(used(&m, &ResourceKind::Cpu), 0);
     // Without a TTL detaching is refused (it would leak forever); the handle is consumed and released.
     let c = m.try_allocate(req(500)).unwrap();
