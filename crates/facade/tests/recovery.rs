@@ -248,17 +248,19 @@ async fn an_overflowed_recovery_bound_still_serves_no_old_value() {
 async fn an_older_genuine_ciphertext_put_back_into_redis_is_refused() {
     use strata::core::frame::Frame;
     use strata::core::{Key, Namespace, StoredEntry};
-    use strata::security::{AesGcmCodec, NamespaceKeyring};
+    use strata::security::{AesGcmCodec, AuditObserver, MemoryAuditSink, NamespaceKeyring};
 
     let Some(redis) = common::own_redis() else { return };
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("l3.db");
     let keys = Arc::new(NamespaceKeyring::new());
     let stats = CacheStats::new();
+    let audit = Arc::new(MemoryAuditSink::new());
     let rt = runtime(&redis.url, &db, &stats).await;
     let build = |rt: &Strata, strict: bool| {
         rt.cache::<u64, String>("secret")
             .codec(Arc::new(AesGcmCodec::new(keys.clone()).unwrap()))
+            .observer(AuditObserver::new(audit.clone()))
             .strict_versions(strict)
             .build()
     };
@@ -280,6 +282,9 @@ async fn an_older_genuine_ciphertext_put_back_into_redis_is_refused() {
     a.clear_l1();
     assert_eq!(a.get(&1).await.unwrap().as_deref(), Some(&"balance=0".to_string()));
     assert_eq!(stats.frames_rejected(), 1, "the writer refused the older frame");
+    let records = audit.records();
+    assert_eq!(records.len(), 1, "{records:?}");
+    assert!(records[0].detail.as_deref().is_some_and(|d| d.contains("older_than_seen")), "{records:?}");
 
     // Cold processes: without strict mode the old ciphertext is served (residual risk); with
     // it, SQLite's newer version refuses it.
@@ -289,6 +294,7 @@ async fn an_older_genuine_ciphertext_put_back_into_redis_is_refused() {
     let strict = build(&cold_rt, true).await.unwrap();
     assert_eq!(strict.get(&1).await.unwrap().as_deref(), Some(&"balance=0".to_string()));
     assert_eq!(cold_stats.frames_rejected(), 1);
+    assert!(audit.records().iter().any(|r| r.detail.as_deref().is_some_and(|d| d.contains("older_than_last_tier"))));
     put_back().await;
     let lax_rt = runtime(&redis.url, &db, &CacheStats::new()).await;
     let lax = build(&lax_rt, false).await.unwrap();
