@@ -19,7 +19,9 @@
 //! at most once per key); otherwise singleflight per key → each tier top to bottom (a hit is
 //! decoded and copied into the levels above) → the loader, with soft/hard timeouts and
 //! fail-safe (serve a stale value within its stale limit when the loader fails or is slow) →
-//! the value is written to every level. A tier that fails is skipped and counted.
+//! the value is written to every level. A tier that fails is skipped and counted; what it
+//! missed is remembered and replayed before it is read again ([`recovery`]), and a frame older
+//! than one already seen for its key is refused ([`freshness`]).
 //!
 //! ```
 //! use std::sync::Arc;
