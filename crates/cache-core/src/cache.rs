@@ -1118,7 +1118,9 @@ where
             }
             rec.overflow_done(stamp, horizon);
         }
-        for chunk in work.keys.chunks(64) {
+        // One key alone first: a tier still down costs one failed call per round, not 64.
+        let (probe, rest) = work.keys.split_at(work.keys.len().min(1));
+        for chunk in std::iter::once(probe).chain(rest.chunks(64)) {
             let results = join_all(chunk.iter().map(|(k, _)| tier.delete(k))).await;
             let mut failed = None;
             for ((k, stamp), r) in chunk.iter().zip(results) {
