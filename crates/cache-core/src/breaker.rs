@@ -354,6 +354,9 @@ impl<T: Tier> Tier for BreakerTier<T> {
     async fn invalidate_tag(&self, cache: &str, namespace: &str, tag: &str) -> Result<u64, TierError> {
         self.guarded(self.inner.invalidate_tag(cache, namespace, tag)).await
     }
+    async fn invalidate_namespace(&self, cache: &str, namespace: &str) -> Result<u64, TierError> {
+        self.guarded(self.inner.invalidate_namespace(cache, namespace)).await
+    }
     async fn health(&self) -> TierHealth {
         // Health checks bypass the breaker (they are how an operator sees the backend) but
         // report an open breaker.

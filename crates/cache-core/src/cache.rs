@@ -17,15 +17,17 @@ use tracing::Instrument;
 use crate::bus::{BusEvent, InstanceId, Invalidation, InvalidationBus, InvalidationTarget, Subscription};
 use crate::clock::{Clock, SystemClock, Timestamp};
 use crate::codec::{Codec, CodecContext, CodecPipeline};
-use crate::error::{BoxError, CacheError, ConfigError, FrameError, SerializeError};
+use crate::error::{BoxError, CacheError, ConfigError, FrameError, SerializeError, TierError, TierErrorKind};
 use crate::expiry::{new_meta, should_refresh_early};
 use crate::frame::{self, Frame};
+use crate::freshness::{DEFAULT_FLOOR_CAPACITY, FreshnessFloor};
 use crate::key::{CacheKey, Key, Namespace, validate_name};
 use crate::l1::{L1Cache, L1Config};
 use crate::lock::{LoadLock, LockOptions};
 use crate::meta::EntryMeta;
-use crate::observer::{CacheEvent, CacheObserver, L1, LoadOutcome, Observers, StaleReason};
+use crate::observer::{CacheEvent, CacheObserver, L1, LoadOutcome, Observers, RejectReason, StaleReason};
 use crate::options::EntryOptions;
+use crate::recovery::{DEFAULT_MAX_PENDING, DEFAULT_RETRY, Missed, TierBacklog, TierRecovery, Work};
 use crate::serializer::Serializer;
 use crate::singleflight::SingleFlight;
 use crate::source::Loader;
@@ -113,11 +115,24 @@ struct Inner<K, V> {
     /// Entries carrying any tag created at or before this (ms) are misses: set when old tag
     /// times are forgotten, so forgetting never brings invalidated entries back.
     tag_floor: AtomicU64,
+    /// What each tier (same index as `tiers`) missed during an outage (see [`crate::recovery`]).
+    recovery: Box<[TierRecovery]>,
+    /// Wakes the recovery task when something is recorded.
+    recovery_wake: Arc<tokio::sync::Notify>,
+    recovery_task: Mutex<Option<tokio::task::AbortHandle>>,
+    recovery_retry: Duration,
+    /// The newest version seen per key (see [`crate::freshness`]).
+    floor: FreshnessFloor,
+    /// Check upper-tier hits against the last tier.
+    strict_versions: bool,
 }
 
 impl<K, V> Drop for Inner<K, V> {
     fn drop(&mut self) {
         if let Some(h) = self.bus_task.lock().take() {
+            h.abort();
+        }
+        if let Some(h) = self.recovery_task.lock().take() {
             h.abort();
         }
     }
@@ -178,6 +193,10 @@ pub struct CacheBuilder<K, V> {
     max_value_bytes: usize,
     lock: Option<(Arc<dyn LoadLock>, LockOptions)>,
     key_hasher: Option<KeyIdHasher>,
+    max_pending: usize,
+    recovery_retry: Duration,
+    floor_capacity: usize,
+    strict_versions: bool,
 }
 
 impl<K, V> CacheBuilder<K, V>
@@ -202,7 +221,45 @@ where
             max_value_bytes: DEFAULT_MAX_VALUE_BYTES,
             lock: None,
             key_hasher: None,
+            max_pending: DEFAULT_MAX_PENDING,
+            recovery_retry: DEFAULT_RETRY,
+            floor_capacity: DEFAULT_FLOOR_CAPACITY,
+            strict_versions: false,
         }
+    }
+
+    /// How many missed writes and invalidations are remembered per tier during an outage
+    /// (default 10,000); beyond it the tier is not read by this process until a namespace-wide
+    /// invalidation of it succeeds (see [`crate::recovery`]). Zero: the first miss overflows.
+    pub fn max_pending_invalidations(mut self, n: usize) -> Self {
+        self.max_pending = n;
+        self
+    }
+
+    /// How often the recovery task retries applying what a failing tier missed (default
+    /// 250 ms; behind a breaker, a retry while it is open costs nothing).
+    pub fn recovery_retry(mut self, interval: Duration) -> Self {
+        self.recovery_retry = interval;
+        self
+    }
+
+    /// How many keys' freshness floors are remembered (default 100,000; 0 turns rollback
+    /// detection off). See [`crate::freshness`].
+    pub fn freshness_floor(mut self, keys: usize) -> Self {
+        self.floor_capacity = keys;
+        self
+    }
+
+    /// Strict versions (off by default): a hit in a tier above the last one (e.g. Redis above
+    /// SQL) is served only when the last tier holds the same or an older version of the key;
+    /// otherwise it is refused ([`CacheEvent::FrameRejected`]) and the read goes on down. This
+    /// catches rollbacks a cold process cannot see by itself, at the cost of one read of the
+    /// last tier per upper-tier hit. It fails closed: when the last tier has no row for the key
+    /// or cannot be read, the upper tier's frame is not served either. No effect with fewer than
+    /// two tiers.
+    pub fn strict_versions(mut self, strict: bool) -> Self {
+        self.strict_versions = strict;
+        self
     }
 
     /// Fleet-wide stampede protection: on an L1 and tier miss, take `lock` so that one process
@@ -336,6 +393,9 @@ where
                 );
             }
         }
+        if self.recovery_retry.is_zero() {
+            return Err(ConfigError::new("recovery_retry", "must be greater than zero").into());
+        }
         if self.l1.is_none() && self.tiers.is_empty() {
             return Err(ConfigError::new("tiers", "a cache needs an L1 or at least one tier").into());
         }
@@ -350,6 +410,7 @@ where
             Some(n) => Namespace::new(n)?,
             None => Namespace::default_namespace(),
         };
+        let recovery: Box<[TierRecovery]> = self.tiers.iter().map(|_| TierRecovery::new(self.max_pending)).collect();
         let inner = Arc::new(Inner {
             name,
             l1,
@@ -374,11 +435,23 @@ where
             tag_times: RwLock::new(HashMap::new()),
             has_tag_times: AtomicBool::new(false),
             tag_floor: AtomicU64::new(0),
+            recovery,
+            recovery_wake: Arc::new(tokio::sync::Notify::new()),
+            recovery_task: Mutex::new(None),
+            recovery_retry: self.recovery_retry,
+            floor: FreshnessFloor::new(self.floor_capacity),
+            strict_versions: self.strict_versions,
         });
         if let Some(bus) = &inner.bus {
             let sub = bus.subscribe().await?;
             let task = tokio::spawn(listen(Arc::downgrade(&inner), sub));
             *inner.bus_task.lock() = Some(task.abort_handle());
+        }
+        if !inner.tiers.is_empty()
+            && let Ok(rt) = tokio::runtime::Handle::try_current()
+        {
+            let task = rt.spawn(recover(Arc::downgrade(&inner), inner.recovery_wake.clone()));
+            *inner.recovery_task.lock() = Some(task.abort_handle());
         }
         Ok(Cache { inner, ns })
     }
@@ -388,6 +461,22 @@ async fn listen<K: CacheKey, V: Send + Sync + 'static>(weak: Weak<Inner<K, V>>, 
     while let Some(ev) = sub.recv().await {
         let Some(inner) = weak.upgrade() else { return };
         inner.apply_bus_event(ev);
+    }
+}
+
+/// The recovery task: replays what the tiers missed whenever something is recorded, and every
+/// `recovery_retry` while a tier still fails. Holds the cache only while replaying.
+async fn recover<K: CacheKey, V: Send + Sync + 'static>(weak: Weak<Inner<K, V>>, wake: Arc<tokio::sync::Notify>) {
+    loop {
+        let (clean, retry) = {
+            let Some(inner) = weak.upgrade() else { return };
+            (inner.replay().await, inner.recovery_retry)
+        };
+        if clean {
+            wake.notified().await;
+        } else {
+            tokio::time::sleep(retry).await;
+        }
     }
 }
 
@@ -440,6 +529,24 @@ where
     pub async fn health(&self) -> Vec<(String, TierHealth)> {
         let checks = self.inner.tiers.iter().map(|t| async move { (t.name().to_owned(), t.health().await) });
         join_all(checks).await
+    }
+
+    /// What each tier missed during an outage and has not had replayed yet (see
+    /// [`crate::recovery`]): all zero once every tier is recovered.
+    pub fn pending_recovery(&self) -> Vec<TierBacklog> {
+        let inner = &self.inner;
+        inner
+            .tiers
+            .iter()
+            .zip(inner.recovery.iter())
+            .map(|(t, r)| TierBacklog { tier: t.name().to_owned(), pending: r.pending(), overflowed: r.overflowed() })
+            .collect()
+    }
+
+    /// Replays what the tiers missed now, without waiting for the recovery task; returns
+    /// whether nothing is left pending.
+    pub async fn recover_now(&self) -> bool {
+        self.inner.replay().await
     }
 
     /// Reads a fresh value from L1 or the tiers, without calling the loader.
@@ -598,6 +705,17 @@ where
             if pending.is_empty() {
                 break;
             }
+            // Keys this tier missed during an outage are not read from it until replayed.
+            let (blocked, readable): (Vec<_>, Vec<_>) =
+                pending.into_iter().partition(|(_, k)| inner.recovery[ti].blocks(k));
+            for _ in &blocked {
+                inner.observers.emit(&CacheEvent::Miss { cache: &inner.name, tier: tier.name() });
+            }
+            pending = readable;
+            if pending.is_empty() {
+                pending = blocked;
+                continue;
+            }
             let batch: Vec<Key> = pending.iter().map(|(_, k)| k.clone()).collect();
             let frames = match tier.get_many(&batch).await {
                 Ok(f) if f.len() == batch.len() => f,
@@ -608,32 +726,36 @@ where
                         format!("get_many returned {} results for {} keys", f.len(), batch.len()),
                     );
                     inner.observers.emit(&CacheEvent::TierError { cache: &inner.name, error: &err });
+                    pending.extend(blocked);
                     continue;
                 }
                 Err(err) => {
                     inner.observers.emit(&CacheEvent::TierError { cache: &inner.name, error: &err });
+                    pending.extend(blocked);
                     continue;
                 }
             };
-            let mut still = Vec::new();
+            let mut still = blocked;
             let mut fills: Vec<(Key, StoredEntry)> = Vec::new();
             for ((i, skey), frame) in pending.into_iter().zip(frames) {
-                let hit = frame.and_then(|bytes| match inner.decode(&skey, &bytes) {
-                    Ok((meta, value)) if meta.is_fresh(now) && !inner.tag_invalidated(&self.ns, &meta) => {
-                        Some((meta, value, bytes))
+                let mut hit = None;
+                if let Some(bytes) = frame {
+                    match inner.decode(&skey, &bytes) {
+                        Ok((meta, value)) => {
+                            if meta.is_fresh(now) && inner.admit(ti, &self.ns, &skey, &meta).await {
+                                hit = Some((meta, value, bytes));
+                            }
+                        }
+                        Err(e) => inner.report_decode_error(tier.name(), &e),
                     }
-                    Ok(_) => None,
-                    Err(e) => {
-                        inner.report_decode_error(tier.name(), &e);
-                        None
-                    }
-                });
+                }
                 let Some((meta, value, bytes)) = hit else {
                     inner.observers.emit(&CacheEvent::Miss { cache: &inner.name, tier: tier.name() });
                     still.push((i, skey));
                     continue;
                 };
                 inner.observers.emit(&CacheEvent::Hit { cache: &inner.name, tier: tier.name() });
+                inner.floor.raise(&skey, meta.version);
                 let value = value.map(Arc::new);
                 if inner.epochs.get(&self.ns, &keys[i]) == epochs[i] {
                     inner.fill_l1(&self.ns, keys[i].clone(), value.clone(), Arc::new(meta.clone()), Some(bytes.len()));
@@ -704,10 +826,12 @@ where
         let inner = &self.inner;
         let skey = inner.storage_key(&self.ns, key)?;
         inner.epochs.bump(&self.ns, key);
+        // Whatever a tier still holds for this key from before now is older than this.
+        inner.floor.raise(&skey, inner.next_version(inner.clock.now()));
         if let Some(l1) = &inner.l1 {
             l1.remove(&self.ns, key);
         }
-        inner.settle_tier_writes(inner.tiers.iter().map(|t| t.delete(&skey))).await;
+        inner.delete_tiers(&skey).await;
         if publish {
             inner.publish(&self.ns, InvalidationTarget::Key(skey.id().to_owned())).await;
         }
@@ -739,8 +863,8 @@ where
     /// other instances are told over the bus.
     ///
     /// A tier that failed to delete (unreachable, breaker open) makes this return its error after
-    /// everything else was done: the entries are hidden but still stored there, and the caller may
-    /// want to retry once the tier is back.
+    /// everything else was done: the entries are hidden but still stored there, and the
+    /// invalidation is replayed on that tier when it is back (see [`crate::recovery`]).
     pub async fn invalidate_tag(&self, tag: &str) -> Result<(), CacheError> {
         self.invalidate_tag_inner(tag, true).await
     }
@@ -751,14 +875,20 @@ where
         let span = tracing::info_span!("cache.invalidate_tag", cache.name = %inner.name, cache.namespace = %self.ns);
         async {
             inner.apply_tag_invalidation(&self.ns, tag);
+            let tickets: Vec<Option<u64>> = inner.recovery.iter().map(TierRecovery::ticket).collect();
             let deletes = inner.tiers.iter().map(|t| t.invalidate_tag(&inner.name, self.ns.as_str(), tag));
             let mut failed = None;
-            for r in join_all(deletes).await {
+            for (i, r) in join_all(deletes).await.into_iter().enumerate() {
                 match r {
-                    Ok(_) => {}
+                    Ok(_) => {
+                        if let Some(t) = tickets[i] {
+                            inner.recovery[i].tag_done(&self.ns, tag, t);
+                        }
+                    }
                     Err(e) if e.kind() == crate::error::TierErrorKind::Unsupported => {}
                     Err(err) => {
-                        inner.observers.emit(&CacheEvent::TierError { cache: &inner.name, error: &err });
+                        // Remembered and replayed when the tier is back.
+                        inner.missed(i, &err, Missed::Tag(&self.ns, tag));
                         failed.get_or_insert(err);
                     }
                 }
@@ -869,6 +999,152 @@ where
         }
     }
 
+    /// Whether a decoded frame of `skey` read from tier `i` may be served: not hidden by a tag
+    /// invalidation or by the tier's recovery horizon, not older than the key's freshness
+    /// floor, and (strict mode, upper tiers) confirmed by the last tier.
+    async fn admit(&self, i: usize, ns: &Namespace, skey: &Key, meta: &EntryMeta) -> bool {
+        if self.tag_invalidated(ns, meta) || self.recovery[i].below_horizon(meta.created) {
+            return false;
+        }
+        let tier = self.tiers[i].name();
+        if !self.floor.admits(skey, meta.version) {
+            self.reject(tier, RejectReason::OlderThanSeen);
+            return false;
+        }
+        if self.strict_versions
+            && i + 1 < self.tiers.len()
+            && let Err(reason) = self.confirm_with_last_tier(skey, meta).await
+        {
+            self.reject(tier, reason);
+            return false;
+        }
+        true
+    }
+
+    fn reject(&self, tier: &str, reason: RejectReason) {
+        self.observers.emit(&CacheEvent::FrameRejected { cache: &self.name, tier, reason });
+        tracing::warn!(cache = %self.name, tier, reason = reason.as_str(), "older frame refused");
+    }
+
+    /// Strict mode: the last tier's version of `skey` must not be newer than `meta`'s.
+    async fn confirm_with_last_tier(&self, skey: &Key, meta: &EntryMeta) -> Result<(), RejectReason> {
+        let Some(last) = self.tiers.last() else { return Ok(()) };
+        let bytes = match last.get(skey).await {
+            Ok(Some(b)) => b,
+            Ok(None) => return Err(RejectReason::Unconfirmed),
+            Err(err) => {
+                self.observers.emit(&CacheEvent::TierError { cache: &self.name, error: &err });
+                return Err(RejectReason::Unconfirmed);
+            }
+        };
+        // Only the metadata is needed (checked by the CRC; an encrypting codec also binds it).
+        match Frame::decode(&bytes) {
+            Ok((f, _)) if f.meta.version > meta.version => Err(RejectReason::OlderThanLastTier),
+            Ok(_) => Ok(()),
+            Err(_) => Err(RejectReason::Unconfirmed),
+        }
+    }
+
+    /// Tier `i` missed a write or invalidation: counted, remembered for replay, and the
+    /// recovery task woken.
+    fn missed(&self, i: usize, err: &TierError, what: Missed<'_>) {
+        self.observers.emit(&CacheEvent::TierError { cache: &self.name, error: err });
+        let tier = self.tiers[i].name();
+        if self.recovery[i].record(what) {
+            self.observers.emit(&CacheEvent::RecoveryOverflow { cache: &self.name, tier });
+            tracing::warn!(cache = %self.name, tier, "too many missed writes to remember: tier not read until recovered");
+        }
+        self.recovery_wake.notify_one();
+    }
+
+    /// Deletes `skey` from every tier; a tier that fails remembers it for replay, one that
+    /// succeeds forgets what it had pending for the key.
+    async fn delete_tiers(&self, skey: &Key) {
+        let tickets: Vec<Option<u64>> = self.recovery.iter().map(TierRecovery::ticket).collect();
+        let results = join_all(self.tiers.iter().map(|t| t.delete(skey))).await;
+        for (i, r) in results.into_iter().enumerate() {
+            match r {
+                Ok(()) => {
+                    if let Some(t) = tickets[i] {
+                        self.recovery[i].key_done(skey, t);
+                    }
+                }
+                Err(err) => self.missed(i, &err, Missed::Key(skey)),
+            }
+        }
+    }
+
+    /// One replay round over every tier with something pending. Returns whether nothing is
+    /// left pending.
+    async fn replay(&self) -> bool {
+        let mut clean = true;
+        for (tier, rec) in self.tiers.iter().zip(self.recovery.iter()) {
+            let Some(work) = rec.snapshot() else { continue };
+            let replayed = work.keys.len() + work.tags.len() + usize::from(work.overflow.is_some());
+            match self.replay_tier(tier.as_ref(), rec, work).await {
+                Ok(()) if rec.pending() == 0 => {
+                    tracing::info!(cache = %self.name, tier = tier.name(), replayed, "tier recovered");
+                    self.observers.emit(&CacheEvent::TierRecovered { cache: &self.name, tier: tier.name(), replayed });
+                }
+                Ok(()) => clean = false,
+                Err(err) => {
+                    clean = false;
+                    tracing::debug!(cache = %self.name, tier = tier.name(), error = %err, "recovery replay deferred");
+                }
+            }
+        }
+        clean
+    }
+
+    /// Applies one tier's pending work: namespace-wide invalidations after an overflow, then
+    /// the pending keys (deleted; the next read refills them from below), then the tags.
+    async fn replay_tier(&self, tier: &dyn Tier, rec: &TierRecovery, work: Work) -> Result<(), TierError> {
+        if let Some((namespaces, stamp)) = work.overflow {
+            let mut horizon = None;
+            match namespaces {
+                Some(list) => {
+                    for ns in list {
+                        match tier.invalidate_namespace(&self.name, ns.as_str()).await {
+                            Ok(_) => {}
+                            Err(e) if e.kind() == TierErrorKind::Unsupported => {
+                                horizon = Some(self.clock.now());
+                                break;
+                            }
+                            Err(e) => return Err(e),
+                        }
+                    }
+                }
+                None => horizon = Some(self.clock.now()),
+            }
+            rec.overflow_done(stamp, horizon);
+        }
+        // One key alone first: a tier still down costs one failed call per round, not 64.
+        let (probe, rest) = work.keys.split_at(work.keys.len().min(1));
+        for chunk in std::iter::once(probe).chain(rest.chunks(64)) {
+            let results = join_all(chunk.iter().map(|(k, _)| tier.delete(k))).await;
+            let mut failed = None;
+            for ((k, stamp), r) in chunk.iter().zip(results) {
+                match r {
+                    Ok(()) => rec.key_done(k, *stamp),
+                    Err(e) => {
+                        failed.get_or_insert(e);
+                    }
+                }
+            }
+            if let Some(e) = failed {
+                return Err(e);
+            }
+        }
+        for (ns, tag, stamp) in work.tags {
+            match tier.invalidate_tag(&self.name, ns.as_str(), &tag).await {
+                Ok(_) => rec.tag_done(&ns, &tag, stamp),
+                Err(e) if e.kind() == TierErrorKind::Unsupported => rec.tag_done(&ns, &tag, stamp),
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+
     fn next_version(&self, now: Timestamp) -> u64 {
         (now.0 << 16) | (self.seq.fetch_add(1, Ordering::Relaxed) & 0xffff)
     }
@@ -959,6 +1235,11 @@ where
     ) -> (Option<Fallback<V>>, Option<Fallback<V>>) {
         let mut stale: Option<Fallback<V>> = None;
         for (i, tier) in self.tiers.iter().enumerate() {
+            if self.recovery[i].blocks(skey) {
+                // The tier missed a write or invalidation of this key: not read until replayed.
+                self.observers.emit(&CacheEvent::Miss { cache: &self.name, tier: tier.name() });
+                continue;
+            }
             let bytes = match tier.get(skey).await {
                 Ok(Some(b)) => b,
                 Ok(None) => {
@@ -978,13 +1259,14 @@ where
                     continue;
                 }
             };
-            if self.tag_invalidated(ns, &meta) {
+            if !self.admit(i, ns, skey, &meta).await {
                 self.observers.emit(&CacheEvent::Miss { cache: &self.name, tier: tier.name() });
                 continue;
             }
             let usable = newer_than.is_none_or(|t| meta.fresh_until > t);
             if meta.is_fresh(now) && usable {
                 self.observers.emit(&CacheEvent::Hit { cache: &self.name, tier: tier.name() });
+                self.floor.raise(skey, meta.version);
                 let span = tracing::Span::current();
                 span.record("cache.level", tier.name());
                 span.record("cache.hit", true);
@@ -1234,8 +1516,16 @@ where
     ) {
         self.fill_l1(ns, key, value, meta.clone(), frame.as_ref().map(Bytes::len));
         if let Some(frame) = frame {
+            // Any frame of this key older than this one is a rollback from now on.
+            self.floor.raise(skey, meta.version);
             let entry = StoredEntry { meta: (*meta).clone(), frame };
-            self.settle_tier_writes(self.tiers.iter().map(|t| t.set(skey, &entry))).await;
+            let results = join_all(self.tiers.iter().map(|t| t.set(skey, &entry))).await;
+            for (i, r) in results.into_iter().enumerate() {
+                if let Err(err) = r {
+                    // The tier may still hold an older value: remembered and replayed.
+                    self.missed(i, &err, Missed::Key(skey));
+                }
+            }
         }
     }
 
@@ -1315,6 +1605,13 @@ where
                         self.apply_tag_invalidation(ns, tag);
                     }
                     return;
+                }
+                if let (InvalidationTarget::Key(id), Some(ns)) = (&m.target, &ns)
+                    && let Ok(k) = Key::with_cache(self.name.clone(), ns.clone(), id)
+                {
+                    // Another instance wrote this key: its version, not ours, is the newest now
+                    // (and clocks may differ), so our floor would only refuse its write.
+                    self.floor.forget(&k);
                 }
                 let Some(l1) = &self.l1 else { return };
                 match (m.target, ns) {

@@ -19,7 +19,9 @@
 //! at most once per key); otherwise singleflight per key → each tier top to bottom (a hit is
 //! decoded and copied into the levels above) → the loader, with soft/hard timeouts and
 //! fail-safe (serve a stale value within its stale limit when the loader fails or is slow) →
-//! the value is written to every level. A tier that fails is skipped and counted.
+//! the value is written to every level. A tier that fails is skipped and counted; what it
+//! missed is remembered and replayed before it is read again ([`recovery`]), and a frame older
+//! than one already seen for its key is refused ([`freshness`]).
 //!
 //! ```
 //! use std::sync::Arc;
@@ -53,12 +55,14 @@ pub mod codec;
 pub mod error;
 pub mod expiry;
 pub mod frame;
+pub mod freshness;
 pub mod key;
 pub mod l1;
 pub mod lock;
 pub mod meta;
 pub mod observer;
 pub mod options;
+pub mod recovery;
 pub mod serializer;
 pub mod singleflight;
 pub mod source;
@@ -77,8 +81,9 @@ pub use key::{CacheKey, Key, Namespace};
 pub use l1::{L1Cache, L1Config, L1Entry};
 pub use lock::{LoadLock, LockOptions, LockToken};
 pub use meta::EntryMeta;
-pub use observer::{CacheEvent, CacheObserver, CacheStats, LoadOutcome, NoopObserver, StaleReason};
+pub use observer::{CacheEvent, CacheObserver, CacheStats, LoadOutcome, NoopObserver, RejectReason, StaleReason};
 pub use options::EntryOptions;
+pub use recovery::TierBacklog;
 pub use serializer::{Json, Postcard, Serializer};
 pub use singleflight::SingleFlight;
 pub use source::{FnLoader, Loader, Writer};

@@ -29,6 +29,31 @@ pub enum StaleReason {
     HardTimeout,
 }
 
+/// Why a frame that decoded fine was refused (treated as a miss, never served).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum RejectReason {
+    /// Older than a write, invalidation or read this process has seen for the key (a rollback:
+    /// an older genuine frame put back, or a tier restored from an old snapshot).
+    OlderThanSeen,
+    /// Strict mode: the last tier holds a newer version of the key.
+    OlderThanLastTier,
+    /// Strict mode: the last tier could not confirm the frame (no row, unreadable, or the tier
+    /// failed).
+    Unconfirmed,
+}
+
+impl RejectReason {
+    /// `older_than_seen`, `older_than_last_tier` or `unconfirmed`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::OlderThanSeen => "older_than_seen",
+            Self::OlderThanLastTier => "older_than_last_tier",
+            Self::Unconfirmed => "unconfirmed",
+        }
+    }
+}
+
 /// How a load ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LoadOutcome {
@@ -181,6 +206,33 @@ pub enum CacheEvent<'a> {
         /// The cache.
         cache: &'a str,
     },
+    /// A frame from `tier` decoded fine but is older than data already seen for its key (see
+    /// [`crate::freshness`]); treated as a miss.
+    FrameRejected {
+        /// The cache.
+        cache: &'a str,
+        /// Where it came from.
+        tier: &'a str,
+        /// Why.
+        reason: RejectReason,
+    },
+    /// More writes or invalidations missed `tier` than the recovery bound: this process stops
+    /// reading the tier until a namespace-wide replay succeeds (see [`crate::recovery`]).
+    RecoveryOverflow {
+        /// The cache.
+        cache: &'a str,
+        /// The tier.
+        tier: &'a str,
+    },
+    /// Everything `tier` missed during an outage was applied to it: it is read again.
+    TierRecovered {
+        /// The cache.
+        cache: &'a str,
+        /// The tier.
+        tier: &'a str,
+        /// Keys, tags and overflows replayed in the last round.
+        replayed: usize,
+    },
 }
 
 /// Receives [`CacheEvent`]s. Implementations must be cheap and must not block: they run on
@@ -215,6 +267,8 @@ pub struct CacheStats {
     lock_acquired: AtomicU64,
     lock_waited_found: AtomicU64,
     lock_waited_timeout: AtomicU64,
+    frames_rejected: AtomicU64,
+    recoveries: AtomicU64,
 }
 
 impl CacheStats {
@@ -282,6 +336,16 @@ impl CacheStats {
     pub fn lock_waited(&self) -> (u64, u64) {
         (self.lock_waited_found.load(Ordering::Relaxed), self.lock_waited_timeout.load(Ordering::Relaxed))
     }
+
+    /// Genuine frames refused as older than data already seen (rollbacks).
+    pub fn frames_rejected(&self) -> u64 {
+        self.frames_rejected.load(Ordering::Relaxed)
+    }
+
+    /// Tiers whose missed writes were replayed after an outage.
+    pub fn recoveries(&self) -> u64 {
+        self.recoveries.load(Ordering::Relaxed)
+    }
 }
 
 impl CacheObserver for CacheStats {
@@ -321,6 +385,12 @@ impl CacheObserver for CacheStats {
             }
             CacheEvent::LockWaited { found: false, .. } => {
                 self.lock_waited_timeout.fetch_add(1, Ordering::Relaxed);
+            }
+            CacheEvent::FrameRejected { .. } => {
+                self.frames_rejected.fetch_add(1, Ordering::Relaxed);
+            }
+            CacheEvent::TierRecovered { .. } => {
+                self.recoveries.fetch_add(1, Ordering::Relaxed);
             }
             _ => {}
         }

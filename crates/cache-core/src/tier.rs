@@ -81,6 +81,21 @@ pub trait Tier: Send + Sync + 'static {
         Err(TierError::new(self.name().to_owned(), TierErrorKind::Unsupported, "tag invalidation is not supported"))
     }
 
+    /// Deletes every entry of `cache`/`namespace`; returns how many were removed when the
+    /// backend knows. Used by auto-recovery when more writes were missed during an outage than
+    /// could be remembered one by one (see [`crate::recovery`]).
+    ///
+    /// The default reports [`TierErrorKind::Unsupported`]: the cache then stops trusting this
+    /// tier's entries created before the recovery, in this process only.
+    async fn invalidate_namespace(&self, cache: &str, namespace: &str) -> Result<u64, TierError> {
+        let _ = (cache, namespace);
+        Err(TierError::new(
+            self.name().to_owned(),
+            TierErrorKind::Unsupported,
+            "namespace invalidation is not supported",
+        ))
+    }
+
     /// Reports health (a cheap round trip such as PING / `SELECT 1`).
     async fn health(&self) -> TierHealth;
 
@@ -200,6 +215,14 @@ impl Tier for MemoryTier {
         map.retain(|k, e| {
             !(k.cache() == cache && k.namespace().as_str() == namespace && e.meta.tags.iter().any(|t| t == tag))
         });
+        Ok((before - map.len()) as u64)
+    }
+
+    async fn invalidate_namespace(&self, cache: &str, namespace: &str) -> Result<u64, TierError> {
+        self.check()?;
+        let mut map = self.map.lock();
+        let before = map.len();
+        map.retain(|k, _| !(k.cache() == cache && k.namespace().as_str() == namespace));
         Ok((before - map.len()) as u64)
     }
 

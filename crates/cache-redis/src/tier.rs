@@ -284,6 +284,18 @@ impl RedisTier {
     }
 }
 
+/// Escapes Redis glob characters (`*`, `?`, `[`, `]`, `\\`) so that `s` matches only itself.
+fn glob_escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        if matches!(c, '*' | '?' | '[' | ']' | '\\') {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
+}
+
 fn to_bytes(v: Value) -> Result<Option<Bytes>, &'static str> {
     match v {
         Value::Nil => Ok(None),
@@ -419,6 +431,41 @@ impl Tier for RedisTier {
         for v in &replies[n_srem..] {
             if let Value::Int(n) = v {
                 deleted += u64::try_from(*n).unwrap_or(0);
+            }
+        }
+        Ok(deleted)
+    }
+
+    /// Standalone only (`SCAN MATCH` + `DEL`; a cluster reports `Unsupported`): deletes the
+    /// namespace's entries and tag sets. Used by the cache's auto-recovery after an outage that
+    /// missed more writes than it could remember.
+    async fn invalidate_namespace(&self, cache: &str, namespace: &str) -> Result<u64, TierError> {
+        if self.is_cluster() {
+            return Err(self.err(TierErrorKind::Unsupported, "namespace invalidation is not supported on a cluster"));
+        }
+        // Cache and namespace names are `[A-Za-z0-9_.-]`: only the prefix can hold glob
+        // characters. Entries are `cache:ns:id` or `cache:ns#hash`; tag sets `!tag:cache:ns:tag`.
+        let prefix = glob_escape(self.inner.keys.prefix());
+        let patterns = [
+            format!("{prefix}{cache}:{namespace}:*"),
+            format!("{prefix}{cache}:{namespace}#*"),
+            format!("{prefix}!tag:{cache}:{namespace}:*"),
+            format!("{prefix}!tag:{cache}:{namespace}#*"),
+        ];
+        let mut deleted = 0u64;
+        for pattern in patterns {
+            let mut cursor = 0u64;
+            loop {
+                let scan = redis::cmd("SCAN").arg(cursor).arg("MATCH").arg(&pattern).arg("COUNT").arg(1000).take();
+                let (next, keys): (u64, Vec<Vec<u8>>) = self.query(scan, "SCAN").await?;
+                if !keys.is_empty() {
+                    let n: u64 = self.query(redis::cmd("DEL").arg(&keys).take(), "DEL").await?;
+                    deleted += n;
+                }
+                if next == 0 {
+                    break;
+                }
+                cursor = next;
             }
         }
         Ok(deleted)

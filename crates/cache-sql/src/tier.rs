@@ -39,6 +39,7 @@ struct Dialect {
     table: String,
     get: String,
     delete: String,
+    delete_namespace: String,
     invalidate_tag: String,
     sweep: String,
 }
@@ -58,6 +59,7 @@ impl Dialect {
             p(4)
         );
         let delete = format!("DELETE FROM {t} WHERE cache = {} AND namespace = {} AND key_id = {}", p(1), p(2), p(3));
+        let delete_namespace = format!("DELETE FROM {t} WHERE cache = {} AND namespace = {}", p(1), p(2));
         let find = match backend {
             DbBackend::Postgres => "position($3 in tags) > 0".to_owned(),
             DbBackend::MySql => "LOCATE(?, tags) > 0".to_owned(),
@@ -72,7 +74,7 @@ impl Dialect {
             ),
             _ => format!("DELETE FROM {t} WHERE rowid IN (SELECT rowid FROM {t} WHERE expires_at <= ? LIMIT ?)"),
         };
-        Self { backend, table: t, get, delete, invalidate_tag, sweep }
+        Self { backend, table: t, get, delete, delete_namespace, invalidate_tag, sweep }
     }
 
     /// `SELECT key_id, frame … key_id IN (…)` for `n` ids; parameters: cache, namespace, now,
@@ -497,6 +499,15 @@ impl Tier for SqlTier {
 
     async fn invalidate_tag(&self, cache: &str, namespace: &str, tag: &str) -> Result<u64, TierError> {
         SqlTier::invalidate_tag(self, cache, namespace, tag).await
+    }
+
+    /// One `DELETE … WHERE cache = ? AND namespace = ?` (the cache's auto-recovery uses it when
+    /// an outage missed more writes than it could remember).
+    async fn invalidate_namespace(&self, cache: &str, namespace: &str) -> Result<u64, TierError> {
+        let values = vec![Value::from(cache.as_bytes().to_vec()), Value::from(namespace.as_bytes().to_vec())];
+        let stmt = self.stmt(self.inner.dialect.delete_namespace.clone(), values);
+        let res = self.inner.db.execute_raw(stmt).await.map_err(|e| self.err("invalidate_namespace", e))?;
+        Ok(res.rows_affected())
     }
 
     async fn health(&self) -> TierHealth {

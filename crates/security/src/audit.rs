@@ -98,7 +98,8 @@ impl AuditRecord {
 
 /// A [`CacheObserver`](strata_cache_core::CacheObserver) that audits every frame a cache
 /// refused — tampered or truncated bytes, a wrong, unknown or destroyed key, plaintext planted
-/// where encryption is required — as an [`Outcome::Rejected`] record (principal `strata`,
+/// where encryption is required, an older genuine frame put back (rollback) — as an
+/// [`Outcome::Rejected`] record (principal `strata`,
 /// action `read`, no key: cache events never carry keys). Add it to the cache's observers.
 ///
 /// A failing sink is logged and counted, never propagated: the read already answered with a
@@ -128,13 +129,19 @@ impl AuditObserver {
 
 impl strata_cache_core::CacheObserver for AuditObserver {
     fn on_event(&self, event: &strata_cache_core::CacheEvent<'_>) {
-        if let strata_cache_core::CacheEvent::DecodeError { cache, tier, error } = event {
-            let record = AuditRecord::now("strata", Action::Read, cache, "", None, Outcome::Rejected)
-                .with_detail(format!("tier {tier}: {error}"));
-            if let Err(e) = self.sink.record(&record) {
-                self.failures.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                tracing::warn!(cache = %cache, error = %e, "audit record of a rejected frame not written");
+        use strata_cache_core::CacheEvent;
+        let (cache, detail) = match event {
+            CacheEvent::DecodeError { cache, tier, error } => (*cache, format!("tier {tier}: {error}")),
+            // A genuine frame older than data already seen for its key (a rollback).
+            CacheEvent::FrameRejected { cache, tier, reason } => {
+                (*cache, format!("tier {tier}: older frame refused ({})", reason.as_str()))
             }
+            _ => return,
+        };
+        let record = AuditRecord::now("strata", Action::Read, cache, "", None, Outcome::Rejected).with_detail(detail);
+        if let Err(e) = self.sink.record(&record) {
+            self.failures.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            tracing::warn!(cache = %cache, error = %e, "audit record of a rejected frame not written");
         }
     }
 }
