@@ -21,7 +21,8 @@
 //! sweep_interval = "60s"    # purge expired rows; "0s" disables
 //!
 //! [admin]                   # admin HTTP (feature `telemetry`): /metrics /health /topology /dashboard
-//! listen = "127.0.0.1:9464"
+//! listen = "127.0.0.1:9464"  # a non-loopback address requires a token (STRATA_ADMIN_TOKEN)
+//! allowed_hosts = ["localhost", "127.0.0.1", "[::1]"]   # Host/Origin allow-list (the default)
 //!
 //! [caches.rules]            # one section per named cache
 //! preset = "rule"
@@ -160,12 +161,150 @@ pub struct SqlSettings {
 }
 
 /// The admin HTTP section (`[admin]`, `STRATA_ADMIN_*`): `/metrics`, `/health`, `/topology`,
-/// `/dashboard`.
+/// `/dashboard`. See `strata_telemetry::admin::access` for the rules these settings feed.
+///
+/// ```toml
+/// [admin]
+/// listen = "0.0.0.0:9464"                        # a non-loopback address needs a token
+/// allowed_hosts = ["metrics.internal", "10.0.0.5:9464"]
+/// header_timeout = "10s"
+/// idle_timeout = "60s"
+/// max_connections = 128
+/// # token: better from the environment, STRATA_ADMIN_TOKEN=..., than in the file
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AdminSettings {
     /// Listen address, e.g. `127.0.0.1:9464` (port 0 picks a free one).
     pub listen: String,
+    /// Host names (`name` for any port, `name:port` for one) that requests may carry in
+    /// `Host`/`Origin` (a list or a comma-separated string). Empty (the default): the loopback
+    /// names `localhost`, `127.0.0.1` and `[::1]`. The listen address itself is always allowed.
+    #[serde(default, deserialize_with = "list_or_csv")]
+    pub allowed_hosts: Vec<String>,
+    /// Bearer token required by every data route (`STRATA_ADMIN_TOKEN`); mandatory when
+    /// `listen` is not a loopback address. Never shown by `Debug` or in errors.
+    #[serde(default)]
+    pub token: Option<Secret>,
+    /// How long a client has to send a request head (default 10s).
+    pub header_timeout: Option<Dur>,
+    /// How long a connection may make no progress before it is closed (default 60s).
+    pub idle_timeout: Option<Dur>,
+    /// The most connections served at once (default 128).
+    pub max_connections: Option<usize>,
+}
+
+impl AdminSettings {
+    /// Settings listening on `listen`, everything else by default (loopback hosts, no token).
+    pub fn new(listen: impl Into<String>) -> Self {
+        Self {
+            listen: listen.into(),
+            allowed_hosts: Vec::new(),
+            token: None,
+            header_timeout: None,
+            idle_timeout: None,
+            max_connections: None,
+        }
+    }
+
+    /// The listen address and the admin server's configuration, checked.
+    ///
+    /// # Errors
+    /// A [`ConfigError`] naming the setting: `admin.listen` not a socket address, `admin.token`
+    /// missing for a non-loopback `listen` or malformed (the token is never shown),
+    /// `admin.allowed_hosts` or a limit out of range.
+    #[cfg(feature = "telemetry")]
+    pub fn admin_config(&self) -> Result<(std::net::SocketAddr, strata_telemetry::admin::AdminConfig), ConfigError> {
+        use strata_telemetry::TelemetryError;
+        use strata_telemetry::admin::{AdminConfig, AdminToken};
+        let addr = self.listen_addr()?;
+        let token = match &self.token {
+            Some(t) => Some(AdminToken::new(t.expose()).map_err(|e| ConfigError::new("admin.token", e.to_string()))?),
+            None => None,
+        };
+        let mut config = AdminConfig::default().maybe_token(token);
+        if !self.allowed_hosts.is_empty() {
+            config = config.allowed_hosts(self.allowed_hosts.iter().cloned());
+        }
+        if let Some(d) = self.header_timeout {
+            config = config.header_timeout(d.0);
+        }
+        if let Some(d) = self.idle_timeout {
+            config = config.idle_timeout(d.0);
+        }
+        if let Some(n) = self.max_connections {
+            config = config.max_connections(n);
+        }
+        config.validate(addr).map_err(|e| match e {
+            TelemetryError::AdminTokenRequired { .. } => ConfigError::new("admin.token", e.to_string()),
+            other => {
+                let text = other.to_string();
+                let field = text
+                    .split_once("admin.")
+                    .and_then(|(_, rest)| rest.split_once(':'))
+                    .map_or_else(|| "admin".to_owned(), |(f, _)| format!("admin.{f}"));
+                ConfigError::new(field, text)
+            }
+        })?;
+        Ok((addr, config))
+    }
+
+    fn listen_addr(&self) -> Result<std::net::SocketAddr, ConfigError> {
+        self.listen.parse::<std::net::SocketAddr>().map_err(|e| {
+            ConfigError::new("admin.listen", format!("{:?} is not a socket address (host:port): {e}", self.listen))
+        })
+    }
+}
+
+/// A secret setting (the admin token): `Debug` shows `<redacted>`, there is no `Display`, and a
+/// value of the wrong type is refused without echoing it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    /// Wraps `value`.
+    pub fn new(value: impl Into<String>) -> Self {
+        Self(value.into())
+    }
+
+    /// The secret itself, for the one place that needs it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(<redacted>)")
+    }
+}
+
+impl<'de> Deserialize<'de> for Secret {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl serde::de::Visitor<'_> for V {
+            type Value = Secret;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a quoted string (the value is not shown)")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Secret, E> {
+                Ok(Secret(v.to_owned()))
+            }
+            fn visit_i64<E: serde::de::Error>(self, _: i64) -> Result<Secret, E> {
+                Err(E::custom("must be a quoted string (the value is not shown)"))
+            }
+            fn visit_u64<E: serde::de::Error>(self, _: u64) -> Result<Secret, E> {
+                Err(E::custom("must be a quoted string (the value is not shown)"))
+            }
+            fn visit_f64<E: serde::de::Error>(self, _: f64) -> Result<Secret, E> {
+                Err(E::custom("must be a quoted string (the value is not shown)"))
+            }
+            fn visit_bool<E: serde::de::Error>(self, _: bool) -> Result<Secret, E> {
+                Err(E::custom("must be a quoted string (the value is not shown)"))
+            }
+        }
+        d.deserialize_any(V)
+    }
 }
 
 fn yes() -> bool {
@@ -229,8 +368,7 @@ impl StrataConfig {
     where
         I: IntoIterator<Item = (String, String)>,
     {
-        let mut table: toml::Table =
-            text.parse().map_err(|e: toml::de::Error| ConfigError::new("toml", e.to_string().trim().to_owned()))?;
+        let mut table: toml::Table = text.parse().map_err(|e: toml::de::Error| toml_syntax_error(text, &e))?;
         for (k, v) in env {
             apply_env(&mut table, &k, &v)?;
         }
@@ -348,11 +486,34 @@ impl StrataConfig {
             }
         }
         if let Some(a) = &self.admin {
-            a.listen.parse::<std::net::SocketAddr>().map_err(|e| {
-                ConfigError::new("admin.listen", format!("{:?} is not a socket address (host:port): {e}", a.listen))
-            })?;
+            a.listen_addr()?;
+            #[cfg(feature = "telemetry")]
+            let _checked = a.admin_config()?;
         }
         Ok(())
+    }
+}
+
+/// A TOML syntax error with its position but without the excerpt of the file that the `toml`
+/// crate's `Display` adds: the offending line may hold a secret (a token, a password in a URL).
+fn toml_syntax_error(text: &str, e: &toml::de::Error) -> ConfigError {
+    // The message may quote a value (`invalid type: integer `123...``): keep short quotes
+    // (expected punctuation such as `=` or `]]`), hide longer ones.
+    let mut message = String::new();
+    for (i, part) in e.message().trim().split('`').enumerate() {
+        if i > 0 {
+            message.push('`');
+        }
+        message.push_str(if i % 2 == 1 && part.chars().count() > 3 { "…" } else { part });
+    }
+    match e.span() {
+        Some(span) => {
+            let before = &text[..span.start.min(text.len())];
+            let line = before.matches('\n').count() + 1;
+            let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+            ConfigError::new("toml", format!("syntax error at line {line}, column {column}: {message}"))
+        }
+        None => ConfigError::new("toml", format!("syntax error: {message}")),
     }
 }
 
@@ -402,7 +563,11 @@ fn apply_env(table: &mut toml::Table, var: &str, value: &str) -> Result<(), Conf
             }
         }
     };
-    let parsed = if let Ok(i) = value.parse::<i64>() {
+    // A secret stays text whatever it looks like (a numeric token must not turn into a number,
+    // whose type error would echo it).
+    let parsed = if path == ["admin", "token"] {
+        toml::Value::String(value.to_owned())
+    } else if let Ok(i) = value.parse::<i64>() {
         toml::Value::Integer(i)
     } else if let Ok(f) = value.parse::<f64>() {
         toml::Value::Float(f)
@@ -518,5 +683,68 @@ mod tests {
             let err = StrataConfig::from_toml_with_env(text, env(vars)).unwrap_err();
             assert!(err.to_string().contains(needle), "{text:?} {vars:?}: {err}");
         }
+    }
+
+    #[test]
+    fn the_admin_token_comes_from_the_environment_and_is_never_shown() {
+        const TOKEN: &str = "98765432109876543";
+        // Digits only: still a string, not a number.
+        let c = StrataConfig::from_toml_with_env(
+            "[admin]\nlisten = \"127.0.0.1:0\"",
+            env(&[("STRATA_ADMIN_TOKEN", TOKEN), ("STRATA_ADMIN_ALLOWED_HOSTS", "a.internal, b.internal:9464")]),
+        )
+        .unwrap();
+        let a = c.admin.as_ref().unwrap();
+        assert_eq!(a.token.as_ref().map(Secret::expose), Some(TOKEN));
+        assert_eq!(a.allowed_hosts, ["a.internal", "b.internal:9464"]);
+        assert!(!format!("{c:?}").contains(TOKEN), "Debug shows the token");
+        assert!(format!("{c:?}").contains("Secret(<redacted>)"));
+        // A token of the wrong type in the file is refused without echoing it.
+        let err = StrataConfig::from_toml(&format!("[admin]\nlisten = \"127.0.0.1:0\"\ntoken = {TOKEN}")).unwrap_err();
+        assert!(!err.to_string().contains(TOKEN), "{err}");
+        assert!(err.to_string().contains("quoted string"), "{err}");
+        // Nor does a syntax error on the token's line (or any line) quote the file.
+        for bad in [
+            format!("[admin]\nlisten = \"127.0.0.1:0\"\ntoken = {TOKEN}{TOKEN}"),
+            format!("[admin]\nlisten = \"127.0.0.1:0\"\ntoken = un{TOKEN}quoted"),
+            format!("[admin]\nlisten = \"127.0.0.1:0\"\ntoken = \"{TOKEN}"),
+        ] {
+            let err = StrataConfig::from_toml(&bad).unwrap_err();
+            assert!(!err.to_string().contains(TOKEN), "{err}");
+            assert!(err.to_string().contains("line 3"), "{err}");
+        }
+    }
+
+    #[cfg(feature = "telemetry")]
+    #[test]
+    fn admin_settings_are_checked_at_load() {
+        type Case<'a> = (&'a str, &'a [(&'a str, &'a str)], &'a str);
+        let cases: &[Case<'_>] = &[
+            ("[admin]\nlisten = \"0.0.0.0:9464\"", &[], "admin.token"),
+            ("[admin]\nlisten = \"[::]:0\"", &[], "admin.token"),
+            ("[admin]\nlisten = \"10.1.2.3:0\"", &[], "admin.token"),
+            ("[admin]\nlisten = \"127.0.0.1:0\"", &[("STRATA_ADMIN_TOKEN", "tiny1")], "admin.token"),
+            ("[admin]\nlisten = \"127.0.0.1:0\"", &[("STRATA_ADMIN_TOKEN", "has spaces in it, 12345")], "admin.token"),
+            ("[admin]\nlisten = \"127.0.0.1:0\"\nallowed_hosts = [\"http://x\"]", &[], "admin.allowed_hosts"),
+            ("[admin]\nlisten = \"127.0.0.1:0\"\nheader_timeout = \"0s\"", &[], "admin.header_timeout"),
+            ("[admin]\nlisten = \"127.0.0.1:0\"\nidle_timeout = \"400days\"", &[], "admin.idle_timeout"),
+            ("[admin]\nlisten = \"127.0.0.1:0\"\nmax_connections = 0", &[], "admin.max_connections"),
+        ];
+        for (text, vars, field) in cases {
+            let err = StrataConfig::from_toml_with_env(text, env(vars)).unwrap_err();
+            assert_eq!(err.field, *field, "{text:?} {vars:?}: {err}");
+            for (_, v) in *vars {
+                assert!(!err.to_string().contains(v), "the error shows the token: {err}");
+            }
+        }
+        let ok = StrataConfig::from_toml_with_env(
+            "[admin]\nlisten = \"0.0.0.0:0\"\nallowed_hosts = \"metrics.internal\"\nheader_timeout = \"5s\"",
+            env(&[("STRATA_ADMIN_TOKEN", "a-long-enough-admin-token")]),
+        )
+        .unwrap();
+        let (addr, config) = ok.admin.unwrap().admin_config().unwrap();
+        assert!(addr.ip().is_unspecified() && config.has_token());
+        let (_, plain) = AdminSettings::new("127.0.0.1:0").admin_config().unwrap();
+        assert!(!plain.has_token());
     }
 }

@@ -8,7 +8,8 @@
 //! Levels: L1 (2,000 entries) → L2 Redis when `STRATA_REDIS_URL` / `[redis]` is configured →
 //! L3 SQL: the configured `[sql]`, or by default an embedded SQLite file in the temp directory.
 //! The admin endpoint (`/dashboard`, `/metrics`, `/health`, `/topology`) listens on
-//! `STRATA_ADMIN_LISTEN` (default `127.0.0.1:0`) and its address is printed.
+//! `STRATA_ADMIN_LISTEN` (default `127.0.0.1:0`) and its address is printed. Off loopback it
+//! needs `STRATA_ADMIN_TOKEN`; the dashboard then takes the token from `#token=...` or asks.
 //!
 //! Beside the cache, a resource manager over a simulated inventory (4 GPUs) admits a stream of
 //! small training jobs, so the dashboard's resource panel has something to show.
@@ -84,8 +85,10 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         });
         temp_db = Some(path);
     }
-    let admin_addr =
-        config.admin.get_or_insert_with(|| AdminSettings { listen: "127.0.0.1:0".into() }).listen.parse()?;
+    // Loopback by default; `[admin]` / `STRATA_ADMIN_*` can change the address, the allowed hosts
+    // and set a token (required off loopback).
+    let (admin_addr, admin_config) =
+        config.admin.get_or_insert_with(|| AdminSettings::new("127.0.0.1:0")).admin_config()?;
     let requests = args.requests;
     println!("Strata demo: {requests} requests, {CLIENTS} clients, Zipf(s=1.0) over {KEYS} keys");
 
@@ -182,8 +185,14 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
                 "backplane": topo.bus.as_ref().map(|b| serde_json::json!({"kind": "redis-pubsub", "description": b})),
             })
         }));
-    let (addr, server) = admin::serve(admin_addr, state).await?;
-    println!("  dashboard: http://{addr}/dashboard   (metrics: http://{addr}/metrics)\n");
+    let token_required = admin_config.has_token();
+    let (addr, server) = admin::serve_with(admin_addr, state, admin_config).await?;
+    println!("  dashboard: http://{addr}/dashboard   (metrics: http://{addr}/metrics)");
+    if token_required {
+        // The token itself is never printed: the operator already has it.
+        println!("  (admin token required: open http://{addr}/dashboard#token=<token>, or type it into the page)");
+    }
+    println!();
 
     let done = Arc::new(AtomicU64::new(0));
     let started = Instant::now();

@@ -8,6 +8,13 @@
 //! | `GET /api/stats` | JSON: every metric family's series, breaker states, backlogs |
 //! | `GET /dashboard` (and `/`) | one self-contained HTML page (inline JS/CSS, no external URL) polling `/api/stats` every second |
 //!
+//! ## Access and limits
+//! [`serve`] and [`serve_with`] put [access rules](access) in front of every route: a `Host`
+//! allow-list (loopback names by default) and `Origin` check against DNS rebinding, an optional
+//! bearer token ([`AdminToken`], required when listening on a non-loopback address), header and
+//! idle timeouts, a per-connection request limit and a global connection limit
+//! ([`AdminConfig`]). [`router`] alone has none of them.
+//!
 //! The state is built from trait objects so that the facade can feed it whatever it composed:
 //! [`HealthSource`] (async, e.g. [`CacheHealth`] for a [`Cache`]) and [`TopologySource`]
 //! (e.g. [`CacheTopology`], [`ResourceTopology`], or a closure returning JSON).
@@ -47,6 +54,12 @@ use serde::Serialize;
 use strata_cache_core::{Cache, CacheKey, TierHealth};
 use strata_resource_qos::ResourceManager;
 use tokio::task::JoinHandle;
+
+pub mod access;
+mod server;
+
+pub use access::{AdminConfig, AdminToken, DEFAULT_ALLOWED_HOSTS, MAX_TIMEOUT};
+pub use server::serve_with;
 
 use crate::metrics::TEXT_CONTENT_TYPE;
 use crate::{PrometheusObserver, TelemetryError};
@@ -344,7 +357,8 @@ fn merge(into: &mut serde_json::Map<String, serde_json::Value>, from: serde_json
     }
 }
 
-/// The admin routes on `state`.
+/// The admin routes on `state`, **without** the access rules and limits of [`serve_with`]
+/// (no Host check, no token): for mounting behind a front end that enforces its own.
 pub fn router(state: AdminState) -> Router {
     Router::new()
         .route("/metrics", get(metrics))
@@ -391,19 +405,13 @@ async fn dashboard() -> Response {
     ([(header::CACHE_CONTROL, "no-store")], Html(DASHBOARD_HTML)).into_response()
 }
 
-/// Binds `addr` and serves [`router`] on the current tokio runtime; returns the bound address
-/// (useful with port 0) and the server task (abort it to stop).
+/// Binds `addr` and serves the admin routes with the default [`AdminConfig`] (loopback
+/// hosts, no token, default timeouts and limits); see [`serve_with`].
 ///
 /// # Errors
-/// [`TelemetryError::Io`] when the address cannot be bound.
+/// As [`serve_with`]: in particular [`TelemetryError::AdminTokenRequired`] when `addr` is not a
+/// loopback address (use [`serve_with`] with a token), [`TelemetryError::Io`] when the address
+/// cannot be bound.
 pub async fn serve(addr: SocketAddr, state: AdminState) -> Result<(SocketAddr, JoinHandle<()>), TelemetryError> {
-    let listener = tokio::net::TcpListener::bind(addr).await?;
-    let local = listener.local_addr()?;
-    let app = router(state);
-    let handle = tokio::spawn(async move {
-        if let Err(e) = axum::serve(listener, app).await {
-            tracing::warn!(error = %e, "admin server stopped");
-        }
-    });
-    Ok((local, handle))
+    serve_with(addr, state, AdminConfig::default()).await
 }
