@@ -59,6 +59,7 @@ pub mod lock;
 pub mod meta;
 pub mod observer;
 pub mod options;
+pub mod redact;
 pub mod serializer;
 pub mod singleflight;
 pub mod source;
