@@ -70,10 +70,9 @@ pub struct SqlConfig {
 
 impl std::fmt::Debug for SqlConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        // The URL may hold a password: print only its scheme.
-        let scheme = self.url.split_once(':').map_or("?", |(s, _)| s);
+        // The URL may hold a password (or, malformed, anything): print it redacted.
         f.debug_struct("SqlConfig")
-            .field("url", &format_args!("{scheme}://…"))
+            .field("url", &strata_cache_core::redact::redact_url(&self.url))
             .field("table", &self.table)
             .field("name", &self.name)
             .field("max_connections", &self.max_connections)

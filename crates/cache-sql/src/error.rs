@@ -95,6 +95,14 @@ pub(crate) fn tier_err(tier: &str, op: &str, err: DbErr) -> TierError {
     TierError::new(tier.to_owned(), kind, format!("{op}: {err}")).with_source(err)
 }
 
+/// A failed connect for `config`: the driver's message may quote the URL with its password
+/// (sea-orm does for a URL that does not parse), so the message is redacted and the original
+/// error, which holds the URL, is not kept as the source.
+pub(crate) fn connect_err(config: &crate::SqlConfig, err: &DbErr) -> TierError {
+    let message = strata_cache_core::redact::redact_url_in(&err.to_string(), config.url());
+    TierError::new(config.name.clone(), kind_of(err), format!("connect: {message}"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -11,7 +11,7 @@ use sea_orm_migration::MigratorTraitSelf;
 use strata_cache_core::{Clock, ConfigError, Key, StoredEntry, Tier, TierError, TierErrorKind, TierHealth};
 
 use crate::config::{Backend, SqlConfig, validate_table_name};
-use crate::error::{SqlError, tier_err};
+use crate::error::{SqlError, connect_err, tier_err};
 use crate::migration::{MAX_STORED_KEY_ID, Migrator};
 use crate::tags;
 
@@ -202,7 +202,7 @@ impl SqlTier {
                     .busy_timeout(busy)
             });
         }
-        let db = Database::connect(opts).await.map_err(|e| tier_err(&config.name, "connect", e))?;
+        let db = Database::connect(opts).await.map_err(|e| connect_err(&config, &e))?;
         Self::with_connection(db, &config).await
     }
 
