@@ -96,6 +96,39 @@ pub fn redact_url_in(text: &str, url: &str) -> String {
     out
 }
 
+/// `text` with every word that may be a URL with credentials (it holds `://` or `@`) replaced
+/// by [`redact_url`]'s form; words end at whitespace, quotes and backticks. For messages that
+/// quote input without saying which part is a URL (a TOML syntax error, a serde type error).
+///
+/// ```
+/// use strata_cache_core::redact::redact_urls;
+///
+/// let msg = r#"invalid type: string "postgres://app:s3cret@db/x", expected u32"#;
+/// assert_eq!(redact_urls(msg), r#"invalid type: string "postgres://***@db/x", expected u32"#);
+/// ```
+pub fn redact_urls(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut word = String::new();
+    let flush = |word: &mut String, out: &mut String| {
+        if word.contains("://") || word.contains('@') {
+            out.push_str(&redact_url(word));
+        } else {
+            out.push_str(word);
+        }
+        word.clear();
+    };
+    for c in text.chars() {
+        if c.is_whitespace() || matches!(c, '"' | '\'' | '`') {
+            flush(&mut word, &mut out);
+            out.push(c);
+        } else {
+            word.push(c);
+        }
+    }
+    flush(&mut word, &mut out);
+    out
+}
+
 /// The parts of `url` that are secret: user info, password (raw and percent-decoded) and the
 /// query string.
 fn secrets(url: &str) -> Vec<String> {
@@ -335,6 +368,20 @@ mod tests {
             let shown = redact_url(&text);
             proptest::prop_assert_eq!(redact_url(&shown), shown);
         }
+    }
+
+    #[test]
+    fn urls_inside_free_text_are_redacted() {
+        let text = "line 3: url = \"postgres://app:my SeCrEt1@db/x\"\n  `redis://:SeCrEt2@h:1` and mail a@b, path /x/y";
+        let clean = redact_urls(text);
+        for s in ["SeCrEt1", "SeCrEt2", "app:my"] {
+            assert!(!clean.contains(s), "{clean}");
+        }
+        assert!(
+            clean.contains("`redis://***@h:1`") && clean.contains("path /x/y") && clean.starts_with("line 3: url = \"")
+        );
+        assert_eq!(redact_urls(""), "");
+        assert_eq!(redact_urls("plain words, no secrets"), "plain words, no secrets");
     }
 
     #[test]

@@ -39,6 +39,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use serde::{Deserialize, Deserializer};
+use strata_cache_core::redact::{redact_url, redact_urls};
 use strata_cache_core::{ConfigError, EntryOptions, L1Config};
 
 use crate::preset::Preset;
@@ -120,8 +121,8 @@ impl EntrySettings {
     }
 }
 
-/// The L2 Redis section (`[redis]`, `STRATA_REDIS_*`).
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+/// The L2 Redis section (`[redis]`, `STRATA_REDIS_*`). Its `Debug` shows the URLs redacted.
+#[derive(Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RedisSettings {
     /// A standalone server: `redis://host:port[/db]`.
@@ -143,8 +144,8 @@ pub struct RedisSettings {
     pub lock: bool,
 }
 
-/// The L3 SQL section (`[sql]`, `STRATA_SQL_*`).
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+/// The L3 SQL section (`[sql]`, `STRATA_SQL_*`). Its `Debug` shows the URL redacted.
+#[derive(Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SqlSettings {
     /// `sqlite://path?mode=rwc`, `postgres://user@host/db`, `mysql://...`.
@@ -157,6 +158,32 @@ pub struct SqlSettings {
     pub max_connections: Option<u32>,
     /// How long a call waits for a pooled connection before failing as overloaded.
     pub acquire_timeout: Option<Dur>,
+}
+
+impl std::fmt::Debug for RedisSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisSettings")
+            .field("url", &self.url.as_deref().map(redact_url))
+            .field("cluster", &self.cluster.iter().map(|u| redact_url(u)).collect::<Vec<_>>())
+            .field("prefix", &self.prefix)
+            .field("pool_size", &self.pool_size)
+            .field("timeout", &self.timeout)
+            .field("bus", &self.bus)
+            .field("lock", &self.lock)
+            .finish()
+    }
+}
+
+impl std::fmt::Debug for SqlSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SqlSettings")
+            .field("url", &redact_url(&self.url))
+            .field("table", &self.table)
+            .field("sweep_interval", &self.sweep_interval)
+            .field("max_connections", &self.max_connections)
+            .field("acquire_timeout", &self.acquire_timeout)
+            .finish()
+    }
 }
 
 /// The admin HTTP section (`[admin]`, `STRATA_ADMIN_*`): `/metrics`, `/health`, `/topology`,
@@ -229,14 +256,15 @@ impl StrataConfig {
     where
         I: IntoIterator<Item = (String, String)>,
     {
+        // toml's messages quote the offending line, which may hold a URL with its password.
         let mut table: toml::Table =
-            text.parse().map_err(|e: toml::de::Error| ConfigError::new("toml", e.to_string().trim().to_owned()))?;
+            text.parse().map_err(|e: toml::de::Error| ConfigError::new("toml", redact_urls(e.to_string().trim())))?;
         for (k, v) in env {
             apply_env(&mut table, &k, &v)?;
         }
         let cfg: StrataConfig = toml::Value::Table(table)
             .try_into()
-            .map_err(|e: toml::de::Error| ConfigError::new("config", e.to_string().trim().to_owned()))?;
+            .map_err(|e: toml::de::Error| ConfigError::new("config", redact_urls(e.to_string().trim())))?;
         cfg.validate()?;
         Ok(cfg)
     }
@@ -250,8 +278,7 @@ impl StrataConfig {
     /// `STRATA_*` environment applied.
     pub fn load(path: Option<&Path>) -> Result<Self, ConfigError> {
         let text = match path {
-            Some(p) => std::fs::read_to_string(p)
-                .map_err(|e| ConfigError::new("STRATA_CONFIG", format!("cannot read {}: {e}", p.display())))?,
+            Some(p) => read_config_file(p)?,
             None => String::new(),
         };
         // `vars_os`: a non-UTF-8 variable elsewhere in the environment must not panic here.
@@ -312,7 +339,7 @@ impl StrataConfig {
             let urls = r.url.iter().map(|u| ("redis.url", u)).chain(r.cluster.iter().map(|u| ("redis.cluster", u)));
             for (field, u) in urls {
                 if !(u.starts_with("redis://") || u.starts_with("rediss://")) {
-                    let shown = crate::backends::redact(u);
+                    let shown = redact_url(u);
                     return Err(ConfigError::new(field, format!("{shown:?} is not a Redis URL (redis://host:port)")));
                 }
             }
@@ -334,10 +361,7 @@ impl StrataConfig {
             {
                 return Err(ConfigError::new(
                     "sql.url",
-                    format!(
-                        "{:?} is not a SQL URL (sqlite://path, postgres://..., mysql://...)",
-                        crate::backends::redact(&sql.url)
-                    ),
+                    format!("{:?} is not a SQL URL (sqlite://path, postgres://..., mysql://...)", redact_url(&sql.url)),
                 ));
             }
             if let Some(d) = sql.sweep_interval
@@ -354,6 +378,67 @@ impl StrataConfig {
         }
         Ok(())
     }
+}
+
+/// The largest configuration file [`StrataConfig::load`] reads, in bytes (1 MiB).
+pub const MAX_CONFIG_BYTES: u64 = 1024 * 1024;
+
+/// Reads a configuration file: a regular file (or a link to one) of at most
+/// [`MAX_CONFIG_BYTES`], in UTF-8. Devices (`/dev/zero`), FIFOs, sockets and directories are
+/// refused before they are opened (opening a FIFO would block), and the read itself is
+/// bounded, so a file that grows while it is read is refused too.
+fn read_config_file(path: &Path) -> Result<String, ConfigError> {
+    use std::io::Read;
+    let shown = path.display();
+    let err = |msg: String| ConfigError::new("STRATA_CONFIG", msg);
+    let check = |meta: &std::fs::Metadata| -> Result<(), ConfigError> {
+        if !meta.is_file() {
+            return Err(err(format!(
+                "{shown} is {}, not a regular file; point it at a TOML file",
+                file_kind(&meta.file_type())
+            )));
+        }
+        if meta.len() > MAX_CONFIG_BYTES {
+            return Err(err(format!(
+                "{shown} is {} bytes; a configuration file may have at most {MAX_CONFIG_BYTES}",
+                meta.len()
+            )));
+        }
+        Ok(())
+    };
+    // `metadata` follows links: a link to a regular file is fine.
+    check(&std::fs::metadata(path).map_err(|e| err(format!("cannot read {shown}: {e}")))?)?;
+    let file = std::fs::File::open(path).map_err(|e| err(format!("cannot read {shown}: {e}")))?;
+    // The path may have been replaced between the check and the open: check what was opened.
+    check(&file.metadata().map_err(|e| err(format!("cannot read {shown}: {e}")))?)?;
+    let mut bytes = Vec::new();
+    file.take(MAX_CONFIG_BYTES + 1).read_to_end(&mut bytes).map_err(|e| err(format!("cannot read {shown}: {e}")))?;
+    if bytes.len() as u64 > MAX_CONFIG_BYTES {
+        return Err(err(format!("{shown} grew past {MAX_CONFIG_BYTES} bytes while being read")));
+    }
+    String::from_utf8(bytes)
+        .map_err(|e| err(format!("{shown} is not UTF-8 text (byte {})", e.utf8_error().valid_up_to())))
+}
+
+/// What a file that is not regular is, in words.
+fn file_kind(t: &std::fs::FileType) -> &'static str {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::FileTypeExt;
+        if t.is_char_device() {
+            return "a character device";
+        }
+        if t.is_block_device() {
+            return "a block device";
+        }
+        if t.is_fifo() {
+            return "a FIFO";
+        }
+        if t.is_socket() {
+            return "a socket";
+        }
+    }
+    if t.is_dir() { "a directory" } else { "not a regular file" }
 }
 
 fn prefix(section: &str, e: ConfigError) -> ConfigError {
@@ -518,5 +603,64 @@ mod tests {
             let err = StrataConfig::from_toml_with_env(text, env(vars)).unwrap_err();
             assert!(err.to_string().contains(needle), "{text:?} {vars:?}: {err}");
         }
+    }
+
+    /// `STRATA_CONFIG` naming something that is not a small regular file: refused with an error
+    /// naming the path, without reading (a FIFO would block, `/dev/zero` never ends).
+    #[test]
+    fn config_files_must_be_small_regular_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let refused = |path: &Path, needle: &str| {
+            let e = StrataConfig::load(Some(path)).expect_err(needle);
+            assert_eq!(e.field, "STRATA_CONFIG");
+            assert!(e.message.contains(&path.display().to_string()), "{e}");
+            assert!(e.message.contains(needle), "{e}");
+        };
+        #[cfg(unix)]
+        {
+            refused(Path::new("/dev/zero"), "a character device");
+            refused(Path::new("/dev/null"), "a character device");
+            let fifo = dir.path().join("fifo");
+            let made = std::process::Command::new("mkfifo").arg(&fifo).status().unwrap();
+            assert!(made.success());
+            refused(&fifo, "a FIFO");
+            let to_zero = dir.path().join("to-zero.toml");
+            std::os::unix::fs::symlink("/dev/zero", &to_zero).unwrap();
+            refused(&to_zero, "a character device");
+        }
+        refused(dir.path(), "a directory");
+        refused(&dir.path().join("missing.toml"), "cannot read");
+
+        // Sizes: the limit is accepted, one byte over is not.
+        let write_comment = |name: &str, len: u64| {
+            let path = dir.path().join(name);
+            let mut text = String::from("#");
+            text.push_str(&"x".repeat(usize::try_from(len).unwrap() - 2));
+            text.push('\n');
+            std::fs::write(&path, text).unwrap();
+            path
+        };
+        let at_limit = write_comment("at-limit.toml", MAX_CONFIG_BYTES);
+        assert_eq!(read_config_file(&at_limit).unwrap().len() as u64, MAX_CONFIG_BYTES);
+        refused(&write_comment("over.toml", MAX_CONFIG_BYTES + 1), "at most 1048576");
+        refused(&write_comment("far-over.toml", 8 * MAX_CONFIG_BYTES), "at most 1048576");
+        let not_utf8 = dir.path().join("latin1.toml");
+        std::fs::write(&not_utf8, b"# caf\xe9\n").unwrap();
+        refused(&not_utf8, "not UTF-8");
+
+        // A regular file, directly or through a link, is read.
+        let file = dir.path().join("strata.toml");
+        std::fs::write(&file, "[defaults]\nttl = \"90s\"\n").unwrap();
+        let text = read_config_file(&file).unwrap();
+        assert_eq!(StrataConfig::from_toml(&text).unwrap().entry_options_for("x").ttl, Duration::from_secs(90));
+        #[cfg(unix)]
+        {
+            let link = dir.path().join("link.toml");
+            std::os::unix::fs::symlink(&file, &link).unwrap();
+            assert_eq!(read_config_file(&link).unwrap(), text);
+        }
+        let empty = dir.path().join("empty.toml");
+        std::fs::write(&empty, "").unwrap();
+        assert_eq!(read_config_file(&empty).unwrap(), "");
     }
 }
