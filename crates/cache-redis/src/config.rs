@@ -184,6 +184,7 @@ impl RedisConfig {
             if d.is_zero() {
                 return Err(ConfigError::new(field, "must be greater than zero"));
             }
+            strata_cache_core::options::check_max_duration(field, d)?;
         }
         if self.prefix.len() > MAX_PREFIX_LEN {
             return Err(ConfigError::new(
@@ -295,6 +296,12 @@ mod tests {
         let cases = [
             (ok.clone().pool_size(0), "redis.pool_size"),
             (ok.clone().command_timeout(Duration::ZERO), "redis.command_timeout"),
+            (ok.clone().command_timeout(Duration::MAX), "redis.command_timeout"),
+            (ok.clone().connect_timeout(Duration::MAX), "redis.connect_timeout"),
+            (
+                ok.clone().pool_wait_timeout(strata_cache_core::options::MAX_DURATION + Duration::from_nanos(1)),
+                "redis.pool_wait_timeout",
+            ),
             (ok.clone().prefix("a b"), "redis.prefix"),
             (ok.clone().prefix("x".repeat(200)), "redis.prefix"),
             (ok.clone().prefix("{open:"), "redis.prefix"),

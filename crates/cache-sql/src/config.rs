@@ -209,6 +209,7 @@ impl SqlConfig {
             if d.is_zero() {
                 return Err(ConfigError::new(field, "must be greater than zero"));
             }
+            strata_cache_core::options::check_max_duration(field, d)?;
         }
         Ok(())
     }
@@ -259,6 +260,19 @@ mod tests {
             SqlConfig::new("sqlite://a").acquire_timeout(Duration::ZERO).validate().unwrap_err().field,
             "sql.acquire_timeout"
         );
+        let max = strata_cache_core::options::MAX_DURATION;
+        for d in [max + Duration::from_nanos(1), Duration::MAX] {
+            assert_eq!(
+                SqlConfig::new("sqlite://a").acquire_timeout(d).validate().unwrap_err().field,
+                "sql.acquire_timeout"
+            );
+            assert_eq!(
+                SqlConfig::new("sqlite://a").connect_timeout(d).validate().unwrap_err().field,
+                "sql.connect_timeout"
+            );
+            assert_eq!(SqlConfig::new("sqlite://a").busy_timeout(d).validate().unwrap_err().field, "sql.busy_timeout");
+        }
+        assert!(SqlConfig::new("sqlite://a").busy_timeout(max).acquire_timeout(max).validate().is_ok());
     }
 
     #[test]

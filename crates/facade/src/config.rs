@@ -39,6 +39,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use serde::{Deserialize, Deserializer};
+use strata_cache_core::options::check_max_duration;
 use strata_cache_core::redact::{redact_url, redact_urls};
 use strata_cache_core::{ConfigError, EntryOptions, L1Config};
 
@@ -353,6 +354,9 @@ impl StrataConfig {
             if r.pool_size == Some(0) {
                 return Err(ConfigError::new("redis.pool_size", "must be greater than zero"));
             }
+            if let Some(t) = r.timeout {
+                check_max_duration("redis.timeout", t.0)?;
+            }
         }
         if let Some(sql) = &self.sql {
             if !["sqlite:", "postgres://", "postgresql://", "mysql://", "mariadb://"]
@@ -363,6 +367,12 @@ impl StrataConfig {
                     "sql.url",
                     format!("{:?} is not a SQL URL (sqlite://path, postgres://..., mysql://...)", redact_url(&sql.url)),
                 ));
+            }
+            for (field, d) in [("sql.sweep_interval", sql.sweep_interval), ("sql.acquire_timeout", sql.acquire_timeout)]
+            {
+                if let Some(d) = d {
+                    check_max_duration(field, d.0)?;
+                }
             }
             if let Some(d) = sql.sweep_interval
                 && !d.0.is_zero()
@@ -662,5 +672,67 @@ mod tests {
         let empty = dir.path().join("empty.toml");
         std::fs::write(&empty, "").unwrap();
         assert_eq!(read_config_file(&empty).unwrap(), "");
+    }
+
+    /// Durations a tier cannot represent are refused at configuration time, from the file and
+    /// from the environment, for every duration setting: ZERO, 1 ns, the 100-year maximum and
+    /// its neighbours, and values far past it.
+    #[test]
+    fn durations_past_the_maximum_are_refused() {
+        // 100 years of 365 days is 3,153,600,000 s.
+        let cases: &[(&str, bool)] = &[
+            ("1ns", true),
+            ("3153599999s", true),
+            ("3153600000s", true),
+            ("3153600000s 1ns", false),
+            ("3153600001s", false),
+            ("101years", false),
+            ("18446744073709551615s", false),
+        ];
+        let fields = [
+            ("[defaults]", "ttl", "defaults.ttl", "STRATA_DEFAULTS_TTL"),
+            ("[defaults]", "stale_limit", "defaults.stale_limit", "STRATA_DEFAULTS_STALE_LIMIT"),
+            ("[defaults]", "jitter", "defaults.jitter", "STRATA_DEFAULTS_JITTER"),
+            ("[defaults]", "negative_ttl", "defaults.negative_ttl", "STRATA_DEFAULTS_NEGATIVE_TTL"),
+            ("[defaults]", "fail_safe_throttle", "defaults.fail_safe_throttle", "STRATA_DEFAULTS_FAIL_SAFE_THROTTLE"),
+            ("[defaults]", "hard_timeout", "defaults.hard_timeout", "STRATA_DEFAULTS_HARD_TIMEOUT"),
+            (
+                "[caches.rules]\npreset = \"rule\"",
+                "stale_limit",
+                "caches.rules.stale_limit",
+                "STRATA_CACHES__RULES__STALE_LIMIT",
+            ),
+            ("[redis]\nurl = \"redis://h:1\"", "timeout", "redis.timeout", "STRATA_REDIS_TIMEOUT"),
+            (
+                "[sql]\nurl = \"sqlite::memory:\"",
+                "acquire_timeout",
+                "sql.acquire_timeout",
+                "STRATA_SQL_ACQUIRE_TIMEOUT",
+            ),
+        ];
+        for (section, key, field, var) in fields {
+            for (value, ok) in cases {
+                let text = format!("{section}\n{key} = \"{value}\"");
+                let from_file = StrataConfig::from_toml(&text);
+                let from_env = StrataConfig::from_toml_with_env(section, env(&[(var, value)]));
+                for (how, r) in [("file", from_file), ("env", from_env)] {
+                    match (r, ok) {
+                        (Ok(_), true) => {}
+                        (Err(e), false) => {
+                            // Either the value is refused as over the maximum, or it does not
+                            // even parse as a duration (u64::MAX seconds).
+                            let named = e.field == field && e.message.contains("at most 100 years");
+                            assert!(named || e.to_string().contains("invalid duration"), "{how} {text}: {e}");
+                        }
+                        (r, _) => panic!("{how} {text}: expected ok={ok}, got {r:?}"),
+                    }
+                }
+            }
+        }
+        // `sweep_interval`: 0s turns the sweeper off; otherwise 1s ..= 100 years.
+        for (value, ok) in [("0s", true), ("1s", true), ("3153600000s", true), ("3153600001s", false)] {
+            let text = format!("[sql]\nurl = \"sqlite::memory:\"\nsweep_interval = \"{value}\"");
+            assert_eq!(StrataConfig::from_toml(&text).is_ok(), ok, "{text}");
+        }
     }
 }
