@@ -202,7 +202,7 @@ impl SqlTier {
                     .busy_timeout(busy)
             });
         }
-        let db = Database::connect(opts).await.map_err(|e| connect_err(&config, &e))?;
+        let db = Database::connect(opts).await.map_err(|e| connect_err(&config, e))?;
         Self::with_connection(db, &config).await
     }
 

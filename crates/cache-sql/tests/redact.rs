@@ -56,4 +56,9 @@ async fn a_malformed_url_error_still_says_what_is_wrong() {
     let shown = err.to_string();
     assert!(shown.contains("postgres://***@127.0.0.1:notaport/x"), "{shown}");
     assert!(shown.contains("cannot be parsed"), "{shown}");
+    // The driver's error, which quotes the URL, is replaced by a redacted stand-in.
+    let strata_cache_sql::SqlError::Tier(te) = &err else { panic!("{err}") };
+    let source = std::error::Error::source(te).expect("a source is kept");
+    assert!(source.to_string().contains("postgres://***@127.0.0.1:notaport/x"), "{source}");
+    assert!(!format!("{source:?}").contains("SeCrEt"), "{source:?}");
 }
