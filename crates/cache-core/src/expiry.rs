@@ -40,7 +40,9 @@ pub fn jittered_ttl(ttl: Duration, jitter: Duration, unit: f64) -> Duration {
         return ttl;
     }
     let unit = if unit.is_finite() { unit.clamp(0.0, 1.0) } else { 0.0 };
-    ttl.saturating_add(jitter.mul_f64(unit))
+    // Not `mul_f64`: it panics when rounding takes a huge jitter past `Duration::MAX`.
+    let extra = Duration::try_from_secs_f64(jitter.as_secs_f64() * unit).map_or(jitter, |d| d.min(jitter));
+    ttl.saturating_add(extra)
 }
 
 /// XFetch's test: should a reader at `now` refresh an entry fresh until `fresh_until`, whose
@@ -130,6 +132,19 @@ mod tests {
             prop_assert_eq!(freshness(&m, Timestamp(now)), Freshness::Fresh);
             prop_assert_eq!(freshness(&m, m.expires_at), Freshness::Expired);
             if neg { prop_assert_eq!(m.fresh_until, m.expires_at); }
+        }
+    }
+
+    #[test]
+    fn extreme_jitter_neither_panics_nor_exceeds_its_bounds() {
+        for jitter in
+            [Duration::MAX, Duration::from_secs(u64::MAX), Duration::new(u64::MAX / 2, 7), Duration::from_nanos(1)]
+        {
+            for unit in [0.0, 1e-12, 0.5, 0.999_999_999, 1.0, f64::NAN, f64::INFINITY, -1.0] {
+                let t = jittered_ttl(Duration::from_secs(1), jitter, unit);
+                assert!(t >= Duration::from_secs(1), "{jitter:?} {unit}");
+                assert!(t <= Duration::from_secs(1).saturating_add(jitter), "{jitter:?} {unit}");
+            }
         }
     }
 

@@ -63,6 +63,7 @@ pub mod meta;
 pub mod observer;
 pub mod options;
 pub mod recovery;
+pub mod redact;
 pub mod serializer;
 pub mod singleflight;
 pub mod source;

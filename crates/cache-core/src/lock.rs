@@ -44,8 +44,13 @@ impl Default for LockOptions {
 }
 
 impl LockOptions {
-    /// Checks the options.
+    /// Checks the options (every duration at most [`MAX_DURATION`](crate::options::MAX_DURATION)).
     pub fn validate(&self) -> Result<(), ConfigError> {
+        for (field, d) in
+            [("lock.ttl", self.ttl), ("lock.max_wait", self.max_wait), ("lock.poll_interval", self.poll_interval)]
+        {
+            crate::options::check_max_duration(field, d)?;
+        }
         if self.ttl.is_zero() {
             return Err(ConfigError::new("lock.ttl", "must be greater than zero"));
         }
@@ -71,4 +76,26 @@ pub trait LoadLock: Send + Sync + 'static {
 
     /// Releases the lock only if it is still held with `token`.
     async fn release(&self, key: &Key, token: &LockToken) -> Result<(), TierError>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::options::MAX_DURATION;
+
+    #[test]
+    fn lock_durations_are_bounded() {
+        let ns = Duration::from_nanos(1);
+        for d in [MAX_DURATION + ns, Duration::MAX] {
+            for (o, field) in [
+                (LockOptions { ttl: d, ..LockOptions::default() }, "lock.ttl"),
+                (LockOptions { max_wait: d, ..LockOptions::default() }, "lock.max_wait"),
+                (LockOptions { poll_interval: d, max_wait: d, ..LockOptions::default() }, "lock.max_wait"),
+            ] {
+                assert_eq!(o.validate().unwrap_err().field, field, "{d:?}");
+            }
+        }
+        let longest = LockOptions { ttl: MAX_DURATION, max_wait: MAX_DURATION, poll_interval: MAX_DURATION };
+        assert!(longest.validate().is_ok());
+    }
 }

@@ -5,6 +5,26 @@ use std::time::Duration;
 
 use crate::error::ConfigError;
 
+/// The longest duration any entry or lock option may hold: 100 years (365-day years).
+///
+/// Every tier stores expiry times in 64-bit milliseconds; a TTL, jitter and stale limit of at
+/// most this each keep an entry's expiry far inside what Redis (`PX`), the SQL `expires_at`
+/// column and frames can represent, so an entry is always stored with a finite expiry.
+/// Longer values (`Duration::MAX`, say) are refused by [`EntryOptions::validate`] with a
+/// [`ConfigError`] naming the option, rather than saturating into "never expires".
+pub const MAX_DURATION: Duration = Duration::from_secs(100 * 365 * 24 * 60 * 60);
+
+/// Checks that `d` is at most [`MAX_DURATION`]; the error names `field`.
+pub fn check_max_duration(field: &str, d: Duration) -> Result<(), ConfigError> {
+    if d > MAX_DURATION {
+        return Err(ConfigError::new(
+            field,
+            format!("must be at most 100 years ({} s), got {d:?}", MAX_DURATION.as_secs()),
+        ));
+    }
+    Ok(())
+}
+
 /// How entries of a cache (or of one `set`) live and are refreshed.
 ///
 /// ```
@@ -123,10 +143,25 @@ impl EntryOptions {
         self
     }
 
-    /// Checks the options, naming the setting that is wrong.
+    /// Checks the options, naming the setting that is wrong. Every duration must be at most
+    /// [`MAX_DURATION`].
     pub fn validate(&self) -> Result<(), ConfigError> {
         if self.ttl.is_zero() {
             return Err(ConfigError::new("ttl", "must be greater than zero"));
+        }
+        let durations = [
+            ("ttl", Some(self.ttl)),
+            ("jitter", Some(self.jitter)),
+            ("stale_limit", Some(self.stale_limit)),
+            ("fail_safe_throttle", Some(self.fail_safe_throttle)),
+            ("negative_ttl", self.negative_ttl),
+            ("soft_timeout", self.soft_timeout),
+            ("hard_timeout", self.hard_timeout),
+        ];
+        for (field, d) in durations {
+            if let Some(d) = d {
+                check_max_duration(field, d)?;
+            }
         }
         if !self.early_refresh_beta.is_finite() || self.early_refresh_beta < 0.0 {
             return Err(ConfigError::new(
@@ -158,5 +193,64 @@ impl EntryOptions {
             ));
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const NS: Duration = Duration::from_nanos(1);
+
+    /// Every duration option over the class ZERO, 1 ns, the maximum and its neighbours, MAX.
+    #[test]
+    fn every_duration_is_bounded_by_max_duration() {
+        type Set = fn(EntryOptions, Duration) -> EntryOptions;
+        let fields: [(&str, Set, bool); 7] = [
+            ("ttl", |o, d| o.ttl(d), false),
+            ("jitter", |o, d| o.jitter(d), true),
+            ("stale_limit", |o, d| o.stale_limit(d), true),
+            ("fail_safe_throttle", |o, d| o.fail_safe_throttle(d), true),
+            ("negative_ttl", |o, d| o.negative_ttl(d), false),
+            ("soft_timeout", |o, d| o.soft_timeout(d).hard_timeout(d), false),
+            ("hard_timeout", |o, d| o.hard_timeout(d), false),
+        ];
+        let base = EntryOptions::new(Duration::from_secs(60));
+        for (field, set, zero_ok) in fields {
+            for (d, ok) in [
+                (Duration::ZERO, zero_ok),
+                (NS, true),
+                (Duration::from_secs(1), true),
+                (MAX_DURATION - NS, true),
+                (MAX_DURATION, true),
+                (MAX_DURATION + NS, false),
+                (MAX_DURATION * 2, false),
+                (Duration::from_secs(u64::MAX), false),
+                (Duration::MAX, false),
+            ] {
+                let r = set(base.clone(), d).validate();
+                assert_eq!(r.is_ok(), ok, "{field} = {d:?}: {r:?}");
+                if let Err(e) = r {
+                    assert!(e.field == field || (field.ends_with("_timeout") && e.field == "timeouts"), "{field}: {e}");
+                    if d > MAX_DURATION {
+                        assert!(e.message.contains("at most 100 years"), "{e}");
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn longest_accepted_options_give_a_finite_expiry_every_tier_can_store() {
+        let o = EntryOptions::new(MAX_DURATION).jitter(MAX_DURATION).stale_limit(MAX_DURATION);
+        o.validate().unwrap();
+        let now = crate::Timestamp(4_102_444_800_000); // 2100-01-01
+        for unit in [0.0, 0.5, 1.0] {
+            let m = crate::expiry::new_meta(&o, now, Duration::ZERO, false, 1, unit);
+            assert!(m.expires_at < crate::Timestamp::MAX);
+            // Redis (signed 64-bit ms, PX below 2^53) and SQL (`i64` column) hold it.
+            assert!(m.expires_at.as_millis() - now.as_millis() < 1 << 53);
+            assert!(i64::try_from(m.expires_at.as_millis()).is_ok());
+        }
     }
 }

@@ -38,6 +38,10 @@ pub enum TierHealth {
 ///
 /// Implementations should expire entries at `meta.expires_at` themselves where the backend
 /// allows it (Redis `PX`, a SQL `expires_at` column); the cache also checks metadata on read.
+/// `expires_at == Timestamp::MAX` means the entry never expires (the cache itself never
+/// produces it: [`EntryOptions`](crate::EntryOptions) durations are bounded by
+/// [`MAX_DURATION`](crate::options::MAX_DURATION)); a finite expiry the backend cannot
+/// represent must be refused with a [`TierError`], never stored without expiry or skipped.
 /// Every failure is a [`TierError`]: the cache then skips the tier and keeps answering.
 #[async_trait]
 pub trait Tier: Send + Sync + 'static {

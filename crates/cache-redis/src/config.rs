@@ -74,13 +74,8 @@ impl std::fmt::Debug for RedisConfig {
     }
 }
 
-/// A URL without its credentials, for logs.
-pub(crate) fn redact(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(s), Some(at)) if at > s => format!("{}***{}", &url[..s + 3], &url[at..]),
-        _ => url.to_owned(),
-    }
-}
+/// A URL without its credentials, for logs and errors (the workspace's one redaction).
+pub(crate) use strata_cache_core::redact::redact_url as redact;
 
 /// The largest accepted prefix, in bytes.
 pub const MAX_PREFIX_LEN: usize = 128;
@@ -189,6 +184,7 @@ impl RedisConfig {
             if d.is_zero() {
                 return Err(ConfigError::new(field, "must be greater than zero"));
             }
+            strata_cache_core::options::check_max_duration(field, d)?;
         }
         if self.prefix.len() > MAX_PREFIX_LEN {
             return Err(ConfigError::new(
@@ -237,7 +233,11 @@ impl RedisConfig {
             },
             ..PoolConfig::default()
         };
-        let build_err = |e: &dyn std::fmt::Display| ConfigError::new("redis", format!("cannot build the pool: {e}"));
+        let urls = self.urls();
+        let build_err = |e: &dyn std::fmt::Display| {
+            let msg = urls.iter().fold(e.to_string(), |m, u| strata_cache_core::redact::redact_url_in(&m, u));
+            ConfigError::new("redis", format!("cannot build the pool: {msg}"))
+        };
         match &self.topology {
             Topology::Standalone(url) => {
                 let conn_config = deadpool_redis::redis::AsyncConnectionConfig::new()
@@ -275,7 +275,13 @@ fn check_url(url: &str) -> Result<(), ConfigError> {
         };
         return Err(ConfigError::new("redis.url", format!("`{shown}`: {hint}")));
     }
-    url.into_connection_info().map_err(|e| ConfigError::new("redis.url", format!("`{shown}`: {e}")))?;
+    url.into_connection_info().map_err(|e| {
+        // The driver's message may quote parts of the URL: clean it too.
+        ConfigError::new(
+            "redis.url",
+            format!("`{shown}`: {}", strata_cache_core::redact::redact_url_in(&e.to_string(), url)),
+        )
+    })?;
     Ok(())
 }
 
@@ -290,6 +296,12 @@ mod tests {
         let cases = [
             (ok.clone().pool_size(0), "redis.pool_size"),
             (ok.clone().command_timeout(Duration::ZERO), "redis.command_timeout"),
+            (ok.clone().command_timeout(Duration::MAX), "redis.command_timeout"),
+            (ok.clone().connect_timeout(Duration::MAX), "redis.connect_timeout"),
+            (
+                ok.clone().pool_wait_timeout(strata_cache_core::options::MAX_DURATION + Duration::from_nanos(1)),
+                "redis.pool_wait_timeout",
+            ),
             (ok.clone().prefix("a b"), "redis.prefix"),
             (ok.clone().prefix("x".repeat(200)), "redis.prefix"),
             (ok.clone().prefix("{open:"), "redis.prefix"),
@@ -303,6 +315,50 @@ mod tests {
             assert_eq!(e.field, field, "{e}");
         }
         assert!(ok.clone().prefix("{app}:").validate().is_ok());
+    }
+
+    /// Malformed and well-formed URLs of every scheme Redis is given: validation, pool building
+    /// (`RedisTier::new`, `RedisBus::new`, `RedisLock::new`) and `Debug` never show the password.
+    #[test]
+    fn no_error_or_debug_output_shows_the_password() {
+        let urls = [
+            "redis://app:SeCrEt@127.0.0.1:notaport/0",
+            "redis://app:SeCrEt@[::1",
+            "redis://app:SeCrEt@[::1]:6379/notadb",
+            "redis://:SeCrEt@127.0.0.1:6379/0",
+            "redis://app:SeCrEt@127.0.0.1:6379/0?protocol=SeCrEt",
+            "redis://app:p%40SeCrEt@127.0.0.1:6379",
+            "redis://app:p@SeCrEt@127.0.0.1:6379",
+            "redis://app:SeCrEt@",
+            "redis://app:SeCrEt",
+            "redis://app:SeCrEt/0",
+            "rediss://app:SeCrEt@127.0.0.1:6380",
+            "redis+unix:///tmp/x.sock?pass=SeCrEt",
+            "unix://app:SeCrEt@/tmp/x.sock",
+            "postgres://app:SeCrEt@db/x",
+            "app:SeCrEt@127.0.0.1:6379",
+            "redis://üser:SeCrEtü@hôst:6379",
+        ];
+        for url in urls {
+            for cfg in [RedisConfig::standalone(url), RedisConfig::cluster([url, "redis://127.0.0.1:7000"])] {
+                let debug = format!("{cfg:?}");
+                assert!(!debug.contains("SeCrEt"), "{debug}");
+                let results = [
+                    cfg.validate().err(),
+                    crate::RedisTier::new(&cfg).err(),
+                    crate::RedisBus::new(&cfg).err(),
+                    crate::RedisLock::new(&cfg).err(),
+                ];
+                for e in results.into_iter().flatten() {
+                    let (shown, debug) = (e.to_string(), format!("{e:?}"));
+                    assert!(!shown.contains("SeCrEt") && !debug.contains("SeCrEt"), "{url}: {shown} / {debug}");
+                }
+            }
+        }
+        // Well-formed URLs still validate (the password is fine, only never shown).
+        assert!(RedisConfig::standalone("redis://app:SeCrEt@127.0.0.1:6379/0").validate().is_ok());
+        let e = RedisConfig::standalone("redis://app:SeCrEt@127.0.0.1:notaport/0").validate().unwrap_err();
+        assert!(e.to_string().contains("redis://***@127.0.0.1:notaport/0"), "{e}");
     }
 
     #[test]

@@ -20,6 +20,12 @@ use crate::keys::{KeySpace, group_by_slot};
 pub const MAX_REDIS_VALUE: usize = 512 * 1024 * 1024;
 
 /// A tag set outlives the entries it lists by this much.
+/// The longest `PX` the tier sends, in ms (2^53, about 285,000 years): Redis keeps absolute
+/// expiry times as signed 64-bit ms, and a finite expiry past this is refused with
+/// `InvalidRequest` rather than stored without one. Every TTL that
+/// [`EntryOptions::validate`](strata_cache_core::EntryOptions::validate) accepts fits.
+pub const MAX_PX_MS: u64 = 1 << 53;
+
 const TAG_SET_SLACK: Duration = Duration::from_secs(1);
 
 /// Adds a member to a tag set and makes the set live at least `ARGV[2]` ms (0: forever).
@@ -256,7 +262,18 @@ impl RedisTier {
             out.push((rkey.clone(), redis::cmd("DEL").arg(&rkey).take()));
             return Ok(());
         } else {
-            Some(expires.saturating_since(now).as_millis().max(1) as u64)
+            let ms = expires.as_millis() - now.as_millis();
+            if ms > MAX_PX_MS {
+                // Redis refuses (or, past i64, misreads) such a PX; never store it unexpiring.
+                return Err(self.err(
+                    TierErrorKind::InvalidRequest,
+                    format!(
+                        "expiry {ms} ms away is past what the Redis tier stores ({MAX_PX_MS} ms); \
+                         an entry that never expires has expires_at = Timestamp::MAX"
+                    ),
+                ));
+            }
+            Some(ms.max(1))
         };
         let mut set = redis::cmd("SET");
         set.arg(&rkey).arg(entry.frame.as_ref());
@@ -264,7 +281,7 @@ impl RedisTier {
             set.arg("PX").arg(ms);
         }
         out.push((rkey.clone(), set));
-        let set_ttl = ttl_ms.map_or(0, |ms| ms + TAG_SET_SLACK.as_millis() as u64);
+        let set_ttl = ttl_ms.map_or(0, |ms| ms.saturating_add(TAG_SET_SLACK.as_millis() as u64));
         for tag in entry.meta.tags.iter() {
             let tkey = self.inner.keys.tag_set(key.cache(), key.namespace().as_str(), tag);
             let cmd = redis::cmd("EVAL").arg(TAG_ADD_SCRIPT).arg(1).arg(&tkey).arg(&rkey).arg(set_ttl).take();

@@ -70,10 +70,9 @@ pub struct SqlConfig {
 
 impl std::fmt::Debug for SqlConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        // The URL may hold a password: print only its scheme.
-        let scheme = self.url.split_once(':').map_or("?", |(s, _)| s);
+        // The URL may hold a password (or, malformed, anything): print it redacted.
         f.debug_struct("SqlConfig")
-            .field("url", &format_args!("{scheme}://…"))
+            .field("url", &strata_cache_core::redact::redact_url(&self.url))
             .field("table", &self.table)
             .field("name", &self.name)
             .field("max_connections", &self.max_connections)
@@ -210,6 +209,7 @@ impl SqlConfig {
             if d.is_zero() {
                 return Err(ConfigError::new(field, "must be greater than zero"));
             }
+            strata_cache_core::options::check_max_duration(field, d)?;
         }
         Ok(())
     }
@@ -260,6 +260,19 @@ mod tests {
             SqlConfig::new("sqlite://a").acquire_timeout(Duration::ZERO).validate().unwrap_err().field,
             "sql.acquire_timeout"
         );
+        let max = strata_cache_core::options::MAX_DURATION;
+        for d in [max + Duration::from_nanos(1), Duration::MAX] {
+            assert_eq!(
+                SqlConfig::new("sqlite://a").acquire_timeout(d).validate().unwrap_err().field,
+                "sql.acquire_timeout"
+            );
+            assert_eq!(
+                SqlConfig::new("sqlite://a").connect_timeout(d).validate().unwrap_err().field,
+                "sql.connect_timeout"
+            );
+            assert_eq!(SqlConfig::new("sqlite://a").busy_timeout(d).validate().unwrap_err().field, "sql.busy_timeout");
+        }
+        assert!(SqlConfig::new("sqlite://a").busy_timeout(max).acquire_timeout(max).validate().is_ok());
     }
 
     #[test]

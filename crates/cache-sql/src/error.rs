@@ -95,6 +95,42 @@ pub(crate) fn tier_err(tier: &str, op: &str, err: DbErr) -> TierError {
     TierError::new(tier.to_owned(), kind, format!("{op}: {err}")).with_source(err)
 }
 
+/// A failed connect for `config`. The driver's message may quote the URL with its password
+/// (sea-orm does for a URL that does not parse), so the message is redacted, and the original
+/// error is kept as the source only when neither its `Display` nor its `Debug` holds any part
+/// of the URL's secrets; otherwise a redacted copy of its message stands in for it.
+pub(crate) fn connect_err(config: &crate::SqlConfig, err: DbErr) -> TierError {
+    use strata_cache_core::redact::redact_url_in;
+    let url = config.url();
+    let (shown, debug) = (err.to_string(), format!("{err:?}"));
+    let clean = redact_url_in(&shown, url);
+    let e = TierError::new(config.name.clone(), kind_of(&err), format!("connect: {clean}"));
+    if clean == shown && redact_url_in(&debug, url) == debug && !url_quoted(&shown, &debug, url) {
+        e.with_source(err)
+    } else {
+        e.with_source(RedactedDbErr(clean))
+    }
+}
+
+/// Whether a driver message quotes the URL verbatim (even one with nothing secret in it, the
+/// redacted form is shown instead, so that both texts agree).
+fn url_quoted(shown: &str, debug: &str, url: &str) -> bool {
+    !url.is_empty() && (shown.contains(url) || debug.contains(url))
+}
+
+/// A driver error whose text quoted a connection URL, standing in for it as a source with the
+/// URL redacted.
+#[derive(Debug)]
+struct RedactedDbErr(String);
+
+impl std::fmt::Display for RedactedDbErr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for RedactedDbErr {}
+
 #[cfg(test)]
 mod tests {
     use super::*;

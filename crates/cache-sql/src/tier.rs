@@ -8,10 +8,10 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use sea_orm::{ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DbBackend, Statement, Value};
 use sea_orm_migration::MigratorTraitSelf;
-use strata_cache_core::{Clock, ConfigError, Key, StoredEntry, Tier, TierError, TierErrorKind, TierHealth};
+use strata_cache_core::{Clock, ConfigError, Key, StoredEntry, Tier, TierError, TierErrorKind, TierHealth, Timestamp};
 
 use crate::config::{Backend, SqlConfig, validate_table_name};
-use crate::error::{SqlError, tier_err};
+use crate::error::{SqlError, connect_err, tier_err};
 use crate::migration::{MAX_STORED_KEY_ID, Migrator};
 use crate::tags;
 
@@ -204,7 +204,7 @@ impl SqlTier {
                     .busy_timeout(busy)
             });
         }
-        let db = Database::connect(opts).await.map_err(|e| tier_err(&config.name, "connect", e))?;
+        let db = Database::connect(opts).await.map_err(|e| connect_err(&config, e))?;
         Self::with_connection(db, &config).await
     }
 
@@ -255,6 +255,28 @@ impl SqlTier {
 
     fn stmt(&self, sql: String, values: Vec<Value>) -> Statement {
         Statement::from_sql_and_values(self.inner.dialect.backend, sql, values)
+    }
+
+    /// Refuses an entry this tier cannot store: a key id that is too long, or a finite expiry
+    /// past what the signed 64-bit `expires_at` column holds (clamping it would make the entry
+    /// live forever). `Timestamp::MAX` (never expires) is stored as `i64::MAX`.
+    fn refuse(&self, key: &Key, entry: &StoredEntry) -> Option<TierError> {
+        if key.id().len() > MAX_STORED_KEY_ID {
+            return Some(self.too_long(key));
+        }
+        let at = entry.meta.expires_at;
+        (at != Timestamp::MAX && i64::try_from(at.as_millis()).is_err()).then(|| {
+            TierError::new(
+                self.inner.name.clone(),
+                TierErrorKind::InvalidRequest,
+                format!(
+                    "expiry {} ms after the epoch is past what the SQL tier stores ({} ms); \
+                     an entry that never expires has expires_at = Timestamp::MAX",
+                    at.as_millis(),
+                    i64::MAX
+                ),
+            )
+        })
     }
 
     fn too_long(&self, key: &Key) -> TierError {
@@ -309,6 +331,7 @@ impl SqlTier {
         if interval.is_zero() || batch == 0 {
             return Err(ConfigError::new("sql.sweep", "sweeper interval and batch must be greater than zero").into());
         }
+        strata_cache_core::options::check_max_duration("sql.sweep", interval)?;
         let rt = tokio::runtime::Handle::try_current()
             .map_err(|_| ConfigError::new("sql.sweep", "spawn_sweeper must be called inside a tokio runtime"))?;
         let weak: Weak<Inner> = Arc::downgrade(&self.inner);
@@ -447,8 +470,8 @@ impl Tier for SqlTier {
     }
 
     async fn set(&self, key: &Key, entry: &StoredEntry) -> Result<(), TierError> {
-        if key.id().len() > MAX_STORED_KEY_ID {
-            return Err(self.too_long(key));
+        if let Some(e) = self.refuse(key, entry) {
+            return Err(e);
         }
         let row = (key.clone(), entry.clone());
         self.upsert_chunk(&[&row]).await
@@ -458,10 +481,10 @@ impl Tier for SqlTier {
         // One statement may not touch a row twice (PostgreSQL refuses): keep the newest entry
         // per key, the later one on a tie, as sequential writes would.
         let mut newest: HashMap<&Key, usize> = HashMap::with_capacity(entries.len());
-        let mut too_long = None;
+        let mut refused = None;
         for (i, (k, e)) in entries.iter().enumerate() {
-            if k.id().len() > MAX_STORED_KEY_ID {
-                too_long.get_or_insert(k);
+            if let Some(err) = self.refuse(k, e) {
+                refused.get_or_insert(err);
                 continue;
             }
             newest
@@ -480,8 +503,8 @@ impl Tier for SqlTier {
         for chunk in rows.chunks(per_chunk) {
             self.upsert_chunk(chunk).await?;
         }
-        match too_long {
-            Some(k) => Err(self.too_long(k)),
+        match refused {
+            Some(e) => Err(e),
             None => Ok(()),
         }
     }

@@ -72,23 +72,14 @@ impl CacheObserver for Fanout {
 }
 
 /// A URL without its credentials (user info and query string), for logs, errors and
-/// `/topology`.
+/// `/topology`: the workspace's one redaction,
+/// [`strata_cache_core::redact::redact_url`], which also handles malformed URLs.
 ///
 /// ```
 /// assert_eq!(strata::backends::redact("postgres://app:s3cret@db/x?sslpassword=p"), "postgres://***@db/x?***");
+/// assert_eq!(strata::backends::redact("postgres://app:s3cret@127.0.0.1:notaport/x"), "postgres://***@127.0.0.1:notaport/x");
 /// ```
-pub fn redact(url: &str) -> String {
-    // The query may carry credentials (`?password=...`, `sslpassword`): drop it whole.
-    let (url, query) = match url.split_once('?') {
-        Some((u, _)) => (u, "?***"),
-        None => (url, ""),
-    };
-    let base = match (url.find("://"), url.rfind('@')) {
-        (Some(s), Some(at)) if at > s => format!("{}***{}", &url[..s + 3], &url[at..]),
-        _ => url.to_owned(),
-    };
-    format!("{base}{query}")
-}
+pub use strata_cache_core::redact::redact_url as redact;
 
 #[cfg_attr(not(any(feature = "redis", feature = "sql")), allow(unused_variables, unused_mut, clippy::unused_async))]
 pub(crate) async fn connect(

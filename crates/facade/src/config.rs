@@ -40,6 +40,8 @@ use std::path::Path;
 use std::time::Duration;
 
 use serde::{Deserialize, Deserializer};
+use strata_cache_core::options::check_max_duration;
+use strata_cache_core::redact::{redact_url, redact_urls};
 use strata_cache_core::{ConfigError, EntryOptions, L1Config};
 
 use crate::preset::Preset;
@@ -121,8 +123,8 @@ impl EntrySettings {
     }
 }
 
-/// The L2 Redis section (`[redis]`, `STRATA_REDIS_*`).
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+/// The L2 Redis section (`[redis]`, `STRATA_REDIS_*`). Its `Debug` shows the URLs redacted.
+#[derive(Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RedisSettings {
     /// A standalone server: `redis://host:port[/db]`.
@@ -144,8 +146,8 @@ pub struct RedisSettings {
     pub lock: bool,
 }
 
-/// The L3 SQL section (`[sql]`, `STRATA_SQL_*`).
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+/// The L3 SQL section (`[sql]`, `STRATA_SQL_*`). Its `Debug` shows the URL redacted.
+#[derive(Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SqlSettings {
     /// `sqlite://path?mode=rwc`, `postgres://user@host/db`, `mysql://...`.
@@ -158,6 +160,32 @@ pub struct SqlSettings {
     pub max_connections: Option<u32>,
     /// How long a call waits for a pooled connection before failing as overloaded.
     pub acquire_timeout: Option<Dur>,
+}
+
+impl std::fmt::Debug for RedisSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisSettings")
+            .field("url", &self.url.as_deref().map(redact_url))
+            .field("cluster", &self.cluster.iter().map(|u| redact_url(u)).collect::<Vec<_>>())
+            .field("prefix", &self.prefix)
+            .field("pool_size", &self.pool_size)
+            .field("timeout", &self.timeout)
+            .field("bus", &self.bus)
+            .field("lock", &self.lock)
+            .finish()
+    }
+}
+
+impl std::fmt::Debug for SqlSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SqlSettings")
+            .field("url", &redact_url(&self.url))
+            .field("table", &self.table)
+            .field("sweep_interval", &self.sweep_interval)
+            .field("max_connections", &self.max_connections)
+            .field("acquire_timeout", &self.acquire_timeout)
+            .finish()
+    }
 }
 
 /// The admin HTTP section (`[admin]`, `STRATA_ADMIN_*`): `/metrics`, `/health`, `/topology`,
@@ -368,13 +396,15 @@ impl StrataConfig {
     where
         I: IntoIterator<Item = (String, String)>,
     {
+        // toml's messages quote the offending line, which may hold a token or a URL with its
+        // password: keep the position, drop the excerpt (`toml_syntax_error`).
         let mut table: toml::Table = text.parse().map_err(|e: toml::de::Error| toml_syntax_error(text, &e))?;
         for (k, v) in env {
             apply_env(&mut table, &k, &v)?;
         }
         let cfg: StrataConfig = toml::Value::Table(table)
             .try_into()
-            .map_err(|e: toml::de::Error| ConfigError::new("config", e.to_string().trim().to_owned()))?;
+            .map_err(|e: toml::de::Error| ConfigError::new("config", redact_urls(e.to_string().trim())))?;
         cfg.validate()?;
         Ok(cfg)
     }
@@ -388,8 +418,7 @@ impl StrataConfig {
     /// `STRATA_*` environment applied.
     pub fn load(path: Option<&Path>) -> Result<Self, ConfigError> {
         let text = match path {
-            Some(p) => std::fs::read_to_string(p)
-                .map_err(|e| ConfigError::new("STRATA_CONFIG", format!("cannot read {}: {e}", p.display())))?,
+            Some(p) => read_config_file(p)?,
             None => String::new(),
         };
         // `vars_os`: a non-UTF-8 variable elsewhere in the environment must not panic here.
@@ -450,7 +479,7 @@ impl StrataConfig {
             let urls = r.url.iter().map(|u| ("redis.url", u)).chain(r.cluster.iter().map(|u| ("redis.cluster", u)));
             for (field, u) in urls {
                 if !(u.starts_with("redis://") || u.starts_with("rediss://")) {
-                    let shown = crate::backends::redact(u);
+                    let shown = redact_url(u);
                     return Err(ConfigError::new(field, format!("{shown:?} is not a Redis URL (redis://host:port)")));
                 }
             }
@@ -464,6 +493,9 @@ impl StrataConfig {
             if r.pool_size == Some(0) {
                 return Err(ConfigError::new("redis.pool_size", "must be greater than zero"));
             }
+            if let Some(t) = r.timeout {
+                check_max_duration("redis.timeout", t.0)?;
+            }
         }
         if let Some(sql) = &self.sql {
             if !["sqlite:", "postgres://", "postgresql://", "mysql://", "mariadb://"]
@@ -472,11 +504,14 @@ impl StrataConfig {
             {
                 return Err(ConfigError::new(
                     "sql.url",
-                    format!(
-                        "{:?} is not a SQL URL (sqlite://path, postgres://..., mysql://...)",
-                        crate::backends::redact(&sql.url)
-                    ),
+                    format!("{:?} is not a SQL URL (sqlite://path, postgres://..., mysql://...)", redact_url(&sql.url)),
                 ));
+            }
+            for (field, d) in [("sql.sweep_interval", sql.sweep_interval), ("sql.acquire_timeout", sql.acquire_timeout)]
+            {
+                if let Some(d) = d {
+                    check_max_duration(field, d.0)?;
+                }
             }
             if let Some(d) = sql.sweep_interval
                 && !d.0.is_zero()
@@ -511,10 +546,72 @@ fn toml_syntax_error(text: &str, e: &toml::de::Error) -> ConfigError {
             let before = &text[..span.start.min(text.len())];
             let line = before.matches('\n').count() + 1;
             let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+            let message = redact_urls(&message);
             ConfigError::new("toml", format!("syntax error at line {line}, column {column}: {message}"))
         }
-        None => ConfigError::new("toml", format!("syntax error: {message}")),
+        None => ConfigError::new("toml", format!("syntax error: {}", redact_urls(&message))),
     }
+}
+
+/// The largest configuration file [`StrataConfig::load`] reads, in bytes (1 MiB).
+pub const MAX_CONFIG_BYTES: u64 = 1024 * 1024;
+
+/// Reads a configuration file: a regular file (or a link to one) of at most
+/// [`MAX_CONFIG_BYTES`], in UTF-8. Devices (`/dev/zero`), FIFOs, sockets and directories are
+/// refused before they are opened (opening a FIFO would block), and the read itself is
+/// bounded, so a file that grows while it is read is refused too.
+fn read_config_file(path: &Path) -> Result<String, ConfigError> {
+    use std::io::Read;
+    let shown = path.display();
+    let err = |msg: String| ConfigError::new("STRATA_CONFIG", msg);
+    let check = |meta: &std::fs::Metadata| -> Result<(), ConfigError> {
+        if !meta.is_file() {
+            return Err(err(format!(
+                "{shown} is {}, not a regular file; point it at a TOML file",
+                file_kind(&meta.file_type())
+            )));
+        }
+        if meta.len() > MAX_CONFIG_BYTES {
+            return Err(err(format!(
+                "{shown} is {} bytes; a configuration file may have at most {MAX_CONFIG_BYTES}",
+                meta.len()
+            )));
+        }
+        Ok(())
+    };
+    // `metadata` follows links: a link to a regular file is fine.
+    check(&std::fs::metadata(path).map_err(|e| err(format!("cannot read {shown}: {e}")))?)?;
+    let file = std::fs::File::open(path).map_err(|e| err(format!("cannot read {shown}: {e}")))?;
+    // The path may have been replaced between the check and the open: check what was opened.
+    check(&file.metadata().map_err(|e| err(format!("cannot read {shown}: {e}")))?)?;
+    let mut bytes = Vec::new();
+    file.take(MAX_CONFIG_BYTES + 1).read_to_end(&mut bytes).map_err(|e| err(format!("cannot read {shown}: {e}")))?;
+    if bytes.len() as u64 > MAX_CONFIG_BYTES {
+        return Err(err(format!("{shown} grew past {MAX_CONFIG_BYTES} bytes while being read")));
+    }
+    String::from_utf8(bytes)
+        .map_err(|e| err(format!("{shown} is not UTF-8 text (byte {})", e.utf8_error().valid_up_to())))
+}
+
+/// What a file that is not regular is, in words.
+fn file_kind(t: &std::fs::FileType) -> &'static str {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::FileTypeExt;
+        if t.is_char_device() {
+            return "a character device";
+        }
+        if t.is_block_device() {
+            return "a block device";
+        }
+        if t.is_fifo() {
+            return "a FIFO";
+        }
+        if t.is_socket() {
+            return "a socket";
+        }
+    }
+    if t.is_dir() { "a directory" } else { "not a regular file" }
 }
 
 fn prefix(section: &str, e: ConfigError) -> ConfigError {
@@ -746,5 +843,126 @@ mod tests {
         assert!(addr.ip().is_unspecified() && config.has_token());
         let (_, plain) = AdminSettings::new("127.0.0.1:0").admin_config().unwrap();
         assert!(!plain.has_token());
+    }
+
+    /// `STRATA_CONFIG` naming something that is not a small regular file: refused with an error
+    /// naming the path, without reading (a FIFO would block, `/dev/zero` never ends).
+    #[test]
+    fn config_files_must_be_small_regular_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let refused = |path: &Path, needle: &str| {
+            let e = StrataConfig::load(Some(path)).expect_err(needle);
+            assert_eq!(e.field, "STRATA_CONFIG");
+            assert!(e.message.contains(&path.display().to_string()), "{e}");
+            assert!(e.message.contains(needle), "{e}");
+        };
+        #[cfg(unix)]
+        {
+            refused(Path::new("/dev/zero"), "a character device");
+            refused(Path::new("/dev/null"), "a character device");
+            let fifo = dir.path().join("fifo");
+            let made = std::process::Command::new("mkfifo").arg(&fifo).status().unwrap();
+            assert!(made.success());
+            refused(&fifo, "a FIFO");
+            let to_zero = dir.path().join("to-zero.toml");
+            std::os::unix::fs::symlink("/dev/zero", &to_zero).unwrap();
+            refused(&to_zero, "a character device");
+        }
+        refused(dir.path(), "a directory");
+        refused(&dir.path().join("missing.toml"), "cannot read");
+
+        // Sizes: the limit is accepted, one byte over is not.
+        let write_comment = |name: &str, len: u64| {
+            let path = dir.path().join(name);
+            let mut text = String::from("#");
+            text.push_str(&"x".repeat(usize::try_from(len).unwrap() - 2));
+            text.push('\n');
+            std::fs::write(&path, text).unwrap();
+            path
+        };
+        let at_limit = write_comment("at-limit.toml", MAX_CONFIG_BYTES);
+        assert_eq!(read_config_file(&at_limit).unwrap().len() as u64, MAX_CONFIG_BYTES);
+        refused(&write_comment("over.toml", MAX_CONFIG_BYTES + 1), "at most 1048576");
+        refused(&write_comment("far-over.toml", 8 * MAX_CONFIG_BYTES), "at most 1048576");
+        let not_utf8 = dir.path().join("latin1.toml");
+        std::fs::write(&not_utf8, b"# caf\xe9\n").unwrap();
+        refused(&not_utf8, "not UTF-8");
+
+        // A regular file, directly or through a link, is read.
+        let file = dir.path().join("strata.toml");
+        std::fs::write(&file, "[defaults]\nttl = \"90s\"\n").unwrap();
+        let text = read_config_file(&file).unwrap();
+        assert_eq!(StrataConfig::from_toml(&text).unwrap().entry_options_for("x").ttl, Duration::from_secs(90));
+        #[cfg(unix)]
+        {
+            let link = dir.path().join("link.toml");
+            std::os::unix::fs::symlink(&file, &link).unwrap();
+            assert_eq!(read_config_file(&link).unwrap(), text);
+        }
+        let empty = dir.path().join("empty.toml");
+        std::fs::write(&empty, "").unwrap();
+        assert_eq!(read_config_file(&empty).unwrap(), "");
+    }
+
+    /// Durations a tier cannot represent are refused at configuration time, from the file and
+    /// from the environment, for every duration setting: ZERO, 1 ns, the 100-year maximum and
+    /// its neighbours, and values far past it.
+    #[test]
+    fn durations_past_the_maximum_are_refused() {
+        // 100 years of 365 days is 3,153,600,000 s.
+        let cases: &[(&str, bool)] = &[
+            ("1ns", true),
+            ("3153599999s", true),
+            ("3153600000s", true),
+            ("3153600000s 1ns", false),
+            ("3153600001s", false),
+            ("101years", false),
+            ("18446744073709551615s", false),
+        ];
+        let fields = [
+            ("[defaults]", "ttl", "defaults.ttl", "STRATA_DEFAULTS_TTL"),
+            ("[defaults]", "stale_limit", "defaults.stale_limit", "STRATA_DEFAULTS_STALE_LIMIT"),
+            ("[defaults]", "jitter", "defaults.jitter", "STRATA_DEFAULTS_JITTER"),
+            ("[defaults]", "negative_ttl", "defaults.negative_ttl", "STRATA_DEFAULTS_NEGATIVE_TTL"),
+            ("[defaults]", "fail_safe_throttle", "defaults.fail_safe_throttle", "STRATA_DEFAULTS_FAIL_SAFE_THROTTLE"),
+            ("[defaults]", "hard_timeout", "defaults.hard_timeout", "STRATA_DEFAULTS_HARD_TIMEOUT"),
+            (
+                "[caches.rules]\npreset = \"rule\"",
+                "stale_limit",
+                "caches.rules.stale_limit",
+                "STRATA_CACHES__RULES__STALE_LIMIT",
+            ),
+            ("[redis]\nurl = \"redis://h:1\"", "timeout", "redis.timeout", "STRATA_REDIS_TIMEOUT"),
+            (
+                "[sql]\nurl = \"sqlite::memory:\"",
+                "acquire_timeout",
+                "sql.acquire_timeout",
+                "STRATA_SQL_ACQUIRE_TIMEOUT",
+            ),
+        ];
+        for (section, key, field, var) in fields {
+            for (value, ok) in cases {
+                let text = format!("{section}\n{key} = \"{value}\"");
+                let from_file = StrataConfig::from_toml(&text);
+                let from_env = StrataConfig::from_toml_with_env(section, env(&[(var, value)]));
+                for (how, r) in [("file", from_file), ("env", from_env)] {
+                    match (r, ok) {
+                        (Ok(_), true) => {}
+                        (Err(e), false) => {
+                            // Either the value is refused as over the maximum, or it does not
+                            // even parse as a duration (u64::MAX seconds).
+                            let named = e.field == field && e.message.contains("at most 100 years");
+                            assert!(named || e.to_string().contains("invalid duration"), "{how} {text}: {e}");
+                        }
+                        (r, _) => panic!("{how} {text}: expected ok={ok}, got {r:?}"),
+                    }
+                }
+            }
+        }
+        // `sweep_interval`: 0s turns the sweeper off; otherwise 1s ..= 100 years.
+        for (value, ok) in [("0s", true), ("1s", true), ("3153600000s", true), ("3153600001s", false)] {
+            let text = format!("[sql]\nurl = \"sqlite::memory:\"\nsweep_interval = \"{value}\"");
+            assert_eq!(StrataConfig::from_toml(&text).is_ok(), ok, "{text}");
+        }
     }
 }
