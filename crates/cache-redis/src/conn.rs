@@ -8,26 +8,66 @@ use deadpool_redis::redis::{self, ErrorKind, RedisError, ServerErrorKind, aio::C
 use deadpool_redis::{PoolError, TimeoutType};
 use strata_cache_core::{TierError, TierErrorKind};
 
-/// A pool of connections to a standalone server or to a cluster.
+/// A pool of connections to a standalone server, or one shared connection to a cluster.
 #[derive(Clone)]
 pub(crate) enum Backend {
     Standalone(deadpool_redis::Pool),
-    Cluster(deadpool_redis::cluster::Pool),
+    Cluster(Arc<ClusterBackend>),
 }
 
 impl std::fmt::Debug for Backend {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Backend::Standalone(p) => f.debug_tuple("Standalone").field(&p.status()).finish(),
-            Backend::Cluster(p) => f.debug_tuple("Cluster").field(&p.status()).finish(),
+            Backend::Cluster(c) => {
+                f.debug_tuple("Cluster").field(&c.conn.try_lock().map(|c| c.is_some()).ok()).finish()
+            }
         }
     }
 }
 
-/// A pooled connection of either kind.
+/// One multiplexed cluster connection, opened on first use and shared by every call.
+///
+/// Not a pool on purpose: a pooled cluster connection is checked with a `PING` to every master
+/// each time it is taken, so one dead or hung master would fail (or stall) every call, also
+/// those for slots on healthy masters. The cluster connection keeps one connection per node and
+/// reconnects to each on its own.
+pub(crate) struct ClusterBackend {
+    client: redis::cluster::ClusterClient,
+    connect_timeout: Duration,
+    conn: tokio::sync::Mutex<Option<redis::cluster_async::ClusterConnection>>,
+}
+
+impl ClusterBackend {
+    pub(crate) fn new(client: redis::cluster::ClusterClient, connect_timeout: Duration) -> Self {
+        Self { client, connect_timeout, conn: tokio::sync::Mutex::new(None) }
+    }
+
+    async fn get(&self, tier: &Arc<str>) -> Result<redis::cluster_async::ClusterConnection, TierError> {
+        let mut slot = self.conn.lock().await;
+        if let Some(c) = &*slot {
+            return Ok(c.clone());
+        }
+        let c = match tokio::time::timeout(self.connect_timeout, self.client.get_async_connection()).await {
+            Ok(Ok(c)) => c,
+            Ok(Err(e)) => return Err(redis_error(tier, e)),
+            Err(_) => {
+                return Err(TierError::new(
+                    tier.clone(),
+                    TierErrorKind::Timeout,
+                    "connecting to the cluster timed out",
+                ));
+            }
+        };
+        *slot = Some(c.clone());
+        Ok(c)
+    }
+}
+
+/// A connection of either kind.
 pub(crate) enum Conn {
     Standalone(deadpool_redis::Connection),
-    Cluster(deadpool_redis::cluster::Connection),
+    Cluster(redis::cluster_async::ClusterConnection),
 }
 
 impl ConnectionLike for Conn {
@@ -66,7 +106,7 @@ impl Backend {
     pub(crate) async fn get(&self, tier: &Arc<str>) -> Result<Conn, TierError> {
         match self {
             Backend::Standalone(p) => p.get().await.map(Conn::Standalone).map_err(|e| pool_error(tier, e)),
-            Backend::Cluster(p) => p.get().await.map(Conn::Cluster).map_err(|e| pool_error(tier, e)),
+            Backend::Cluster(c) => c.get(tier).await.map(Conn::Cluster),
         }
     }
 }
