@@ -116,13 +116,23 @@ pub(crate) async fn connect(
             }
             rc.validate()?;
             let tier = RedisTier::new(&rc)?.with_clock(clock.clone());
-            let tier = strata_cache_core::BreakerTier::with_observer(tier, BreakerConfig::default(), observer.clone())?;
+            // A cluster tier has a breaker per master (a failed master costs only its slots):
+            // one breaker for the whole tier on top would open for every slot.
+            let tier: Arc<dyn Tier> = if tier.is_cluster() {
+                Arc::new(tier.with_observer(observer.clone())?)
+            } else {
+                Arc::new(strata_cache_core::BreakerTier::with_observer(
+                    tier,
+                    BreakerConfig::default(),
+                    observer.clone(),
+                )?)
+            };
             let desc = match &r.url {
                 Some(u) => format!("redis standalone {}", redact(u)),
                 None => format!("redis cluster {}", r.cluster.iter().map(|u| redact(u)).collect::<Vec<_>>().join(", ")),
             };
             out.topology.tiers.push((tier.name().to_owned(), desc));
-            out.tiers.push(Arc::new(tier));
+            out.tiers.push(tier);
             if r.bus {
                 let bus = RedisBus::new(&rc)?;
                 out.topology.bus = Some(format!("redis pub/sub channel {}", bus.channel()));
