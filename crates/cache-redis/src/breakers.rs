@@ -223,6 +223,11 @@ impl Breakers {
             .collect()
     }
 
+    /// A master answered with a redirect: the map is out of date; read it again soon.
+    pub(crate) fn slot_moved(self: &Arc<Self>) {
+        self.maybe_refresh(true);
+    }
+
     /// The master serving `slot` in the current map.
     pub(crate) fn node_of(&self, slot: u16) -> Option<String> {
         self.map.read().as_ref().and_then(|m| m.node(slot).map(|n| n.to_string()))

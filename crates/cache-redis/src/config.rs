@@ -297,7 +297,16 @@ impl RedisConfig {
                     .max_retry_wait(100)
                     .build()
                     .map_err(|e| build_err(&e))?;
-                Ok(Backend::Cluster(std::sync::Arc::new(ClusterBackend::new(client, self.connect_timeout))))
+                let base =
+                    urls.first().map(|u| u.as_str().into_connection_info()).transpose().map_err(|e| build_err(&e))?;
+                let base =
+                    base.ok_or_else(|| ConfigError::new("redis.urls", "a cluster needs at least one node URL"))?;
+                Ok(Backend::Cluster(std::sync::Arc::new(ClusterBackend::new(
+                    client,
+                    base,
+                    self.connect_timeout,
+                    self.command_timeout,
+                ))))
             }
         }
     }

@@ -1,6 +1,7 @@
 //! The connection pool (standalone or cluster) and the mapping of Redis failures to
 //! [`TierError`]s.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -32,15 +33,74 @@ impl std::fmt::Debug for Backend {
 /// each time it is taken, so one dead or hung master would fail (or stall) every call, also
 /// those for slots on healthy masters. The cluster connection keeps one connection per node and
 /// reconnects to each on its own.
+///
+/// Beside it, one plain multiplexed connection per master, opened on first use: the tier sends
+/// each call straight to the master its own slot map names ([`ClusterBackend::node`]), so that
+/// a dead or hung master (and the cluster connection's reaction to it) cannot hold up calls
+/// for the other masters.
 pub(crate) struct ClusterBackend {
     client: redis::cluster::ClusterClient,
     connect_timeout: Duration,
+    command_timeout: Duration,
     conn: tokio::sync::Mutex<Option<redis::cluster_async::ClusterConnection>>,
+    /// Credentials and settings for the per-master connections (from the first node URL).
+    base: redis::ConnectionInfo,
+    nodes: parking_lot::Mutex<HashMap<Arc<str>, NodeSlot>>,
 }
 
+type NodeSlot = Arc<tokio::sync::Mutex<Option<redis::aio::MultiplexedConnection>>>;
+
 impl ClusterBackend {
-    pub(crate) fn new(client: redis::cluster::ClusterClient, connect_timeout: Duration) -> Self {
-        Self { client, connect_timeout, conn: tokio::sync::Mutex::new(None) }
+    pub(crate) fn new(
+        client: redis::cluster::ClusterClient,
+        base: redis::ConnectionInfo,
+        connect_timeout: Duration,
+        command_timeout: Duration,
+    ) -> Self {
+        Self {
+            client,
+            connect_timeout,
+            command_timeout,
+            conn: tokio::sync::Mutex::new(None),
+            base,
+            nodes: parking_lot::Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The connection to the master at `addr` (`host:port`), opened on first use (and again
+    /// after [`ClusterBackend::forget`]).
+    pub(crate) async fn node(
+        &self,
+        tier: &Arc<str>,
+        addr: &Arc<str>,
+    ) -> Result<redis::aio::MultiplexedConnection, TierError> {
+        let slot = self.nodes.lock().entry(addr.clone()).or_default().clone();
+        let mut slot = slot.lock().await;
+        if let Some(c) = &*slot {
+            return Ok(c.clone());
+        }
+        let bad =
+            || TierError::new(tier.clone(), TierErrorKind::Protocol, "the cluster named a malformed node address");
+        let (host, port) = addr.rsplit_once(':').ok_or_else(bad)?;
+        let port: u16 = port.parse().map_err(|_| bad())?;
+        let info = self.base.clone().set_addr(redis::ConnectionAddr::Tcp(host.to_owned(), port));
+        let client = redis::Client::open(info).map_err(|e| redis_error(tier, e))?;
+        let config = redis::AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(self.connect_timeout))
+            .set_response_timeout(Some(self.command_timeout));
+        let c = client.get_multiplexed_async_connection_with_config(&config).await.map_err(|e| redis_error(tier, e))?;
+        *slot = Some(c.clone());
+        Ok(c)
+    }
+
+    /// Drops the connection to `addr` (after it failed): the next call opens a new one.
+    pub(crate) fn forget(&self, addr: &Arc<str>) {
+        let slot = self.nodes.lock().get(addr).cloned();
+        if let Some(slot) = slot
+            && let Ok(mut s) = slot.try_lock()
+        {
+            *s = None;
+        }
     }
 
     async fn get(&self, tier: &Arc<str>) -> Result<redis::cluster_async::ClusterConnection, TierError> {
@@ -101,6 +161,13 @@ impl ConnectionLike for Conn {
 impl Backend {
     pub(crate) fn is_cluster(&self) -> bool {
         matches!(self, Backend::Cluster(_))
+    }
+
+    pub(crate) fn cluster(&self) -> Option<&Arc<ClusterBackend>> {
+        match self {
+            Backend::Cluster(c) => Some(c),
+            Backend::Standalone(_) => None,
+        }
     }
 
     pub(crate) async fn get(&self, tier: &Arc<str>) -> Result<Conn, TierError> {

@@ -234,17 +234,19 @@ impl RedisTier {
                 })
                 .await
             }
-            Conn::Cluster(base) => {
+            Conn::Cluster(_) => {
                 let groups = group_by_slot(&cmds.iter().map(|(k, _)| k.as_bytes()).collect::<Vec<_>>());
-                let calls = groups.iter().map(|(_, idx)| {
-                    let mut conn = base.clone();
-                    let mut p = redis::pipe();
-                    for &i in idx {
-                        p.add_command(cmds[i].1.clone());
-                    }
-                    async move { p.query_async::<Vec<Value>>(&mut conn).await.map_err(|e| redis_error(name, e)) }
-                });
-                let replies = self.per_node(&groups, calls.collect(), what).await?;
+                let pipes: Vec<redis::Pipeline> = groups
+                    .iter()
+                    .map(|(_, idx)| {
+                        let mut p = redis::pipe();
+                        for &i in idx {
+                            p.add_command(cmds[i].1.clone());
+                        }
+                        p
+                    })
+                    .collect();
+                let replies = self.per_node(&groups, &pipes, what).await?;
                 self.scatter(&groups, replies, cmds.len(), "pipeline reply count mismatch")
             }
         }
@@ -256,21 +258,17 @@ impl RedisTier {
         with_timeout(&self.inner.name, self.inner.timeout, what, self.conn()).await
     }
 
-    /// Runs one call per hash-slot group on a cluster, each through the breaker of the master
-    /// serving its slot and within the call timeout. Fails fast (nothing is sent) when one of
-    /// those breakers is open; otherwise records each master's outcome on its breaker.
-    async fn per_node<F>(
+    /// Runs one pipeline per hash-slot group on a cluster, each on the master serving its slot,
+    /// through that master's breaker and within the call timeout. Fails fast (nothing is sent)
+    /// when one of those breakers is open; otherwise records each master's outcome on its
+    /// breaker.
+    async fn per_node(
         &self,
         groups: &[(u16, Vec<usize>)],
-        calls: Vec<F>,
+        pipes: &[redis::Pipeline],
         what: &'static str,
-    ) -> Result<Vec<Vec<Value>>, TierError>
-    where
-        F: Future<Output = Result<Vec<Value>, TierError>>,
-    {
-        let Some(breakers) = &self.inner.breakers else {
-            return futures::future::try_join_all(calls).await;
-        };
+    ) -> Result<Vec<Vec<Value>>, TierError> {
+        let breakers = self.cluster_breakers()?;
         let nbs: Vec<NodeBreaker> = groups.iter().map(|(slot, _)| breakers.for_slot(*slot)).collect();
         // One permit per distinct breaker (a batch over many slots of one master is one call
         // for that master's breaker).
@@ -293,7 +291,8 @@ impl RedisTier {
             }
         }
         let (name, timeout) = (&self.inner.name, self.inner.timeout);
-        let results = join_all(calls.into_iter().map(|c| with_timeout(name, timeout, what, c))).await;
+        let calls = nbs.iter().zip(pipes).map(|(nb, p)| with_timeout(name, timeout, what, self.on_node(nb, p)));
+        let results = join_all(calls).await;
         // Per breaker: `Some(false)` once any of its calls failed in a way that counts.
         let mut outcome: Vec<Option<bool>> = vec![None; distinct.len()];
         for (r, &w) in results.iter().zip(&which) {
@@ -312,6 +311,40 @@ impl RedisTier {
             }
         }
         results.into_iter().collect()
+    }
+
+    fn cluster_breakers(&self) -> Result<&Arc<Breakers>, TierError> {
+        self.inner.breakers.as_ref().ok_or_else(|| self.err(TierErrorKind::Other, "not a cluster tier"))
+    }
+
+    /// Runs `p` (commands on keys of one slot) on the master `nb` names. When that master
+    /// answers with a redirect (the tier's slot map is out of date), asks for a new map and runs
+    /// `p` once more through the cluster connection, which follows redirects; so it does when
+    /// no map is known yet.
+    async fn on_node(&self, nb: &NodeBreaker, p: &redis::Pipeline) -> Result<Vec<Value>, TierError> {
+        let name = &self.inner.name;
+        let Some(cluster) = self.inner.backend.cluster() else {
+            return Err(self.err(TierErrorKind::Other, "not a cluster tier"));
+        };
+        if let Some(addr) = &nb.node {
+            let mut c = cluster.node(name, addr).await?;
+            match p.query_async::<Vec<Value>>(&mut c).await {
+                Ok(v) if !v.iter().any(is_redirect_value) => return Ok(v),
+                Ok(_) => {}
+                Err(e) if is_redirect(&e) => {}
+                Err(e) => {
+                    if e.is_connection_dropped() || e.is_io_error() || e.is_unrecoverable_error() {
+                        cluster.forget(addr);
+                    }
+                    return Err(redis_error(name, e));
+                }
+            }
+            if let Some(b) = &self.inner.breakers {
+                b.slot_moved();
+            }
+        }
+        let mut c = self.conn().await?;
+        p.query_async::<Vec<Value>>(&mut c).await.map_err(|e| redis_error(name, e))
     }
 
     /// Puts per-group replies back in input order.
@@ -342,10 +375,19 @@ impl RedisTier {
         cmd: redis::Cmd,
         what: &'static str,
     ) -> Result<T, TierError> {
-        match &self.inner.breakers {
-            Some(b) => b.guarded(&b.for_key(rkey.as_bytes()), self.query(cmd, what)).await,
-            None => self.query(cmd, what).await,
-        }
+        let Some(b) = &self.inner.breakers else { return self.query(cmd, what).await };
+        let nb = b.for_key(rkey.as_bytes());
+        let mut p = redis::pipe();
+        p.add_command(cmd);
+        let call = async {
+            let mut replies = with_timeout(&self.inner.name, self.inner.timeout, what, self.on_node(&nb, &p)).await?;
+            match (replies.pop(), replies.is_empty()) {
+                (Some(Value::ServerError(e)), true) => Err(redis_error(&self.inner.name, e.into())),
+                (Some(v), true) => T::from_redis_value(v).map_err(|e| redis_error(&self.inner.name, e.into())),
+                _ => Err(self.err(TierErrorKind::Protocol, "expected one reply")),
+            }
+        };
+        b.guarded(&nb, call).await
     }
 
     /// Runs `first`, then `then` (on a cluster, `then` only once every command of `first`
@@ -424,6 +466,15 @@ impl RedisTier {
     }
 }
 
+/// A `MOVED`/`ASK` redirect.
+fn is_redirect(e: &redis::RedisError) -> bool {
+    matches!(e.kind(), redis::ErrorKind::Server(redis::ServerErrorKind::Moved | redis::ServerErrorKind::Ask))
+}
+
+fn is_redirect_value(v: &Value) -> bool {
+    matches!(v, Value::ServerError(e) if matches!(e.kind(), Some(redis::ServerErrorKind::Moved | redis::ServerErrorKind::Ask)))
+}
+
 fn to_bytes(v: Value) -> Result<Option<Bytes>, &'static str> {
     match v {
         Value::Nil => Ok(None),
@@ -462,17 +513,30 @@ impl Tier for RedisTier {
                 })
                 .await?
             }
-            Conn::Cluster(base) => {
+            Conn::Cluster(_) => {
                 let groups = group_by_slot(&rkeys);
-                let calls = groups.iter().map(|(_, idx)| {
-                    let mut conn = base.clone();
-                    let mut cmd = redis::cmd("MGET");
-                    for &i in idx {
-                        cmd.arg(&rkeys[i]);
-                    }
-                    async move { cmd.query_async::<Vec<Value>>(&mut conn).await.map_err(|e| redis_error(name, e)) }
-                });
-                let replies = self.per_node(&groups, calls.collect(), "MGET").await?;
+                let pipes: Vec<redis::Pipeline> = groups
+                    .iter()
+                    .map(|(_, idx)| {
+                        let mut cmd = redis::cmd("MGET");
+                        for &i in idx {
+                            cmd.arg(&rkeys[i]);
+                        }
+                        let mut p = redis::pipe();
+                        p.add_command(cmd);
+                        p
+                    })
+                    .collect();
+                // One MGET per group: its reply is the group's array of values.
+                let replies = self
+                    .per_node(&groups, &pipes, "MGET")
+                    .await?
+                    .into_iter()
+                    .map(|mut r| match r.pop() {
+                        Some(Value::Array(vals)) if r.is_empty() => Ok(vals),
+                        _ => Err(self.err(TierErrorKind::Protocol, "MGET reply is not an array")),
+                    })
+                    .collect::<Result<Vec<_>, _>>()?;
                 self.scatter(&groups, replies, rkeys.len(), "MGET reply count mismatch")?
             }
         };

@@ -230,13 +230,23 @@ pub fn throwaway_cluster() -> Option<Cluster> {
 
 /// Six throwaway nodes, three masters with one replica each, with a short
 /// `cluster-node-timeout` (so that a failover takes about that long) and replicas that may
-/// always take over. Waits until every master has its replica online.
+/// always take over, and masters that keep serving their slots while another master is down
+/// (`cluster-require-full-coverage no`: with `yes`, Redis itself answers `CLUSTERDOWN` for
+/// every slot until the failover, and no client can serve any). Waits until every master has
+/// its replica online.
 pub fn throwaway_replicated_cluster(node_timeout_ms: u32) -> Option<Cluster> {
     if !has_binary("redis-cli") {
         return skip("redis-cli not installed");
     }
     let timeout = node_timeout_ms.to_string();
-    let extra = ["--cluster-node-timeout", timeout.as_str(), "--cluster-replica-validity-factor", "0"];
+    let extra = [
+        "--cluster-node-timeout",
+        timeout.as_str(),
+        "--cluster-replica-validity-factor",
+        "0",
+        "--cluster-require-full-coverage",
+        "no",
+    ];
     let mut servers = Vec::new();
     for _ in 0..6 {
         servers.push(Server::start_with(0, true, &extra)?);
