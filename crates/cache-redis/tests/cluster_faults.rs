@@ -147,7 +147,8 @@ async fn one_master_fails(fault: Fault) {
         // replica), without the breaker refusing it.
         if victim_opened && !back {
             let mut all = true;
-            for &id in victims.read().iter() {
+            let ids: Vec<u64> = victims.read().iter().copied().collect();
+            for id in ids {
                 match tier.get(&key(id)).await {
                     Ok(Some(_)) => {}
                     Err(e) if e.kind() == TierErrorKind::CircuitOpen => {

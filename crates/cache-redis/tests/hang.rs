@@ -120,7 +120,7 @@ impl Load {
                     while !stop.load(Ordering::Relaxed) {
                         i += 1;
                         let id = 1000 + fastrand::u64(0..500);
-                        let ok = if i % 4 == 0 {
+                        let ok = if i.is_multiple_of(4) {
                             let v = format!("w{i}");
                             source.lock().insert(id, v.clone());
                             cache.set(id, v).await.is_ok()
