@@ -1,5 +1,6 @@
 //! Connecting the backends a configuration names: L2 Redis (tier, backplane, stampede lock) and
-//! L3 SQL (tier, sweeper), each tier behind a circuit breaker.
+//! L3 SQL (tier, sweeper), each tier behind a circuit breaker (a Redis Cluster tier: one per
+//! master, so that a failed master costs only its slots).
 //!
 //! A section whose crate is not compiled in (`[redis]` without the `redis` feature) is an error
 //! that names the feature: a configured backend is never silently ignored.
