@@ -16,6 +16,13 @@
 //! [`BusEvent::Resync`] is emitted instead, so the cache clears its L1 rather than keeping stale
 //! entries.
 //!
+//! Publishing goes through a circuit breaker and the call timeout. While Redis fails or hangs,
+//! messages are not sent on the caller's path: they are queued (bounded by
+//! [`RedisConfig::max_pending_invalidations`], duplicates once) and a task re-publishes them, in
+//! order, once Redis answers again; when the queue overflows it is replaced by one resync
+//! message ([`RESYNC_MESSAGE`]) that makes every subscriber clear its L1. So an invalidation
+//! issued during an outage still reaches the other instances afterwards, or they all resync.
+//!
 //! [`PubSubMode::Auto`] asks a cluster node its version once. While it cannot tell (no node
 //! answers `INFO`, or the ACL user may not run it), it never guesses: publishing fails with a
 //! [`BusError`] and subscribers keep retrying, and the failure is remembered for a second so
@@ -23,19 +30,24 @@
 //! processes may resolve `Auto` differently (and classic and sharded pub/sub do not see each
 //! other's messages): set the mode explicitly for the whole fleet until the upgrade is done.
 
-use std::sync::Arc;
-use std::sync::OnceLock;
+use std::collections::{HashSet, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock, Weak};
 use std::time::Duration;
 
 use async_trait::async_trait;
 use deadpool_redis::redis::cluster_routing::{Route, RoutingInfo, SingleNodeRoutingInfo, SlotAddr};
 use deadpool_redis::redis::{self, PushInfo, PushKind, Value};
 use futures::StreamExt;
-use strata_cache_core::{BusError, BusEvent, ConfigError, Invalidation, InvalidationBus, Subscription};
+use parking_lot::Mutex;
+use strata_cache_core::{
+    BusError, BusEvent, CircuitBreaker, ConfigError, Invalidation, InvalidationBus, Subscription, TierError,
+    TierErrorKind,
+};
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
+use crate::breakers::counts_as_failure;
 use crate::config::{RedisConfig, redact};
 use crate::conn::{Backend, redis_error, with_timeout};
 use crate::keys;
@@ -69,6 +81,9 @@ pub struct BusStats {
     resyncs: AtomicU64,
     disconnects: AtomicU64,
     published: AtomicU64,
+    deferred: AtomicU64,
+    republished: AtomicU64,
+    overflows: AtomicU64,
 }
 
 impl BusStats {
@@ -89,9 +104,22 @@ impl BusStats {
     pub fn disconnects(&self) -> u64 {
         self.disconnects.load(Ordering::Relaxed)
     }
-    /// Messages published.
+    /// Messages published (on the first try or re-published).
     pub fn published(&self) -> u64 {
         self.published.load(Ordering::Relaxed)
+    }
+    /// Publishes that could not be sent at once and were queued for re-publication.
+    pub fn deferred(&self) -> u64 {
+        self.deferred.load(Ordering::Relaxed)
+    }
+    /// Queued messages published once Redis answered again (resync messages included).
+    pub fn republished(&self) -> u64 {
+        self.republished.load(Ordering::Relaxed)
+    }
+    /// Times the queue of unpublished messages overflowed and was replaced by one resync
+    /// message (every instance clears its L1).
+    pub fn overflows(&self) -> u64 {
+        self.overflows.load(Ordering::Relaxed)
     }
 }
 
@@ -104,6 +132,33 @@ struct Spec {
     keepalive: Duration,
 }
 
+/// The payload of a resync message: every [`RedisBus`] subscriber turns it into
+/// [`BusEvent::Resync`] (never a valid [`Invalidation`], whose encoding starts with 1).
+pub const RESYNC_MESSAGE: &[u8] = b"\x00strata:resync";
+
+/// Invalidations that could not be published yet.
+#[derive(Default)]
+struct Outbox {
+    /// Payloads in arrival order, each with its sequence number; no duplicates.
+    queue: VecDeque<(u64, Vec<u8>)>,
+    members: HashSet<Vec<u8>>,
+    next_seq: u64,
+    /// The queue overflowed: a resync message must be published (before the queue).
+    overflowed: bool,
+    /// Bumped on each overflow (a resync sent before the latest overflow does not cover it).
+    overflow_epoch: u64,
+    /// Whether the re-publishing task runs.
+    draining: bool,
+    /// Why the latest publish failed (quoted in the errors of the messages queued after it).
+    last_failure: Option<String>,
+}
+
+impl Outbox {
+    fn pending(&self) -> bool {
+        self.overflowed || !self.queue.is_empty()
+    }
+}
+
 /// Shared by the bus and the channel source: pool for publishing, settings for subscribing.
 struct Shared {
     name: String,
@@ -113,6 +168,10 @@ struct Shared {
     resolved: Arc<Resolver>,
     timeout: Duration,
     stats: Arc<BusStats>,
+    /// Every publish goes through it.
+    breaker: CircuitBreaker,
+    outbox: Mutex<Outbox>,
+    max_pending: usize,
 }
 
 impl Shared {
@@ -137,6 +196,9 @@ impl Shared {
             resolved: Arc::new(Resolver::default()),
             timeout: config.command_timeout,
             stats: Arc::new(BusStats::default()),
+            breaker: CircuitBreaker::new(config.breaker.clone())?,
+            outbox: Mutex::new(Outbox::default()),
+            max_pending: config.max_pending_invalidations,
         })
     }
 
@@ -148,10 +210,15 @@ impl Shared {
         })
     }
 
-    async fn publish(&self, payload: &[u8]) -> Result<(), BusError> {
-        let cmd = if self.sharded().await? { "SPUBLISH" } else { "PUBLISH" };
+    /// One `PUBLISH` (or `SPUBLISH`) within the call timeout.
+    async fn send(&self, payload: &[u8]) -> Result<(), TierError> {
         let tier: Arc<str> = Arc::from(self.name.as_str());
-        let r = with_timeout(&tier, self.timeout, "PUBLISH", async {
+        let cmd = match self.sharded().await {
+            Ok(true) => "SPUBLISH",
+            Ok(false) => "PUBLISH",
+            Err(e) => return Err(TierError::new(tier, TierErrorKind::Unavailable, e.message)),
+        };
+        with_timeout(&tier, self.timeout, "PUBLISH", async {
             let mut c = self.backend.get(&tier).await?;
             redis::cmd(cmd)
                 .arg(&self.spec.channel)
@@ -160,17 +227,90 @@ impl Shared {
                 .await
                 .map_err(|e| redis_error(&tier, e))
         })
-        .await;
-        match r {
-            Ok(_) => {
+        .await
+        .map(drop)
+    }
+
+    /// Publishes at once when nothing is waiting and the breaker lets the call through;
+    /// otherwise (or when that fails) queues the message for the re-publishing task and
+    /// returns an error saying so.
+    async fn publish(self: &Arc<Self>, payload: &[u8]) -> Result<(), BusError> {
+        if self.outbox.lock().pending() {
+            // Earlier messages wait: this one waits with them (no call on the write path while
+            // Redis is known to be failing).
+            return Err(self.defer(payload, "earlier invalidations are waiting for Redis", None));
+        }
+        let Ok(permit) = self.breaker.try_call() else {
+            return Err(self.defer(payload, "circuit breaker is open", None));
+        };
+        match self.send(payload).await {
+            Ok(()) => {
+                permit.record(true);
                 self.stats.published.fetch_add(1, Ordering::Relaxed);
                 Ok(())
             }
-            Err(e) => Err(BusError {
-                bus: self.name.clone(),
-                message: format!("publish failed: {e}"),
-                source: Some(Arc::new(e)),
-            }),
+            Err(e) if !counts_as_failure(&e) => {
+                // A refusal (e.g. an ACL without PUBLISH): retrying would not help.
+                drop(permit);
+                Err(BusError {
+                    bus: self.name.clone(),
+                    message: format!("publish failed: {e}"),
+                    source: Some(Arc::new(e)),
+                })
+            }
+            Err(e) => {
+                permit.record(false);
+                let message = format!("publish failed: {e}");
+                self.outbox.lock().last_failure = Some(message.clone());
+                Err(self.defer(payload, &message, Some(e)))
+            }
+        }
+    }
+
+    /// Queues `payload` (once; an overflow turns the queue into one resync) and makes sure the
+    /// re-publishing task runs.
+    fn defer(self: &Arc<Self>, payload: &[u8], why: &str, source: Option<TierError>) -> BusError {
+        self.stats.deferred.fetch_add(1, Ordering::Relaxed);
+        let start = {
+            let mut o = self.outbox.lock();
+            if !o.members.contains(payload) {
+                if o.queue.len() >= self.max_pending {
+                    if !o.overflowed {
+                        tracing::warn!(
+                            bus = %self.name,
+                            capacity = self.max_pending,
+                            "too many unpublished invalidations; a resync will be published instead"
+                        );
+                    }
+                    o.overflowed = true;
+                    o.overflow_epoch += 1;
+                    o.queue.clear();
+                    o.members.clear();
+                } else {
+                    let seq = o.next_seq;
+                    o.next_seq += 1;
+                    o.queue.push_back((seq, payload.to_vec()));
+                    o.members.insert(payload.to_vec());
+                }
+            }
+            !std::mem::replace(&mut o.draining, true)
+        };
+        if start {
+            match tokio::runtime::Handle::try_current() {
+                Ok(rt) => {
+                    rt.spawn(drain(Arc::downgrade(self)));
+                }
+                Err(_) => self.outbox.lock().draining = false,
+            }
+        }
+        let last = match self.outbox.lock().last_failure.as_deref() {
+            Some(f) if f != why => format!(" (latest failure: {f})"),
+            _ => String::new(),
+        };
+        BusError {
+            bus: self.name.clone(),
+            message: format!("{why}{last}; invalidation queued for re-publication"),
+            source: source.map(|e| Arc::new(e) as Arc<dyn std::error::Error + Send + Sync>),
         }
     }
 
@@ -199,6 +339,72 @@ impl Shared {
                 tracing::warn!(bus = %self.name, error = %e, "subscription not established yet; retrying in the background");
             }
             _ => tracing::warn!(bus = %self.name, "subscription still connecting; continuing in the background"),
+        }
+    }
+}
+
+/// Re-publishes queued messages (a pending resync first) once Redis answers again, one at a
+/// time through the breaker, backing off while it fails. Stops when the queue is empty or the
+/// bus is gone.
+async fn drain(weak: Weak<Shared>) {
+    let mut backoff = Duration::from_millis(20);
+    loop {
+        let Some(shared) = weak.upgrade() else { return };
+        let next = {
+            let mut o = shared.outbox.lock();
+            if o.overflowed {
+                Some((None, RESYNC_MESSAGE.to_vec(), o.overflow_epoch))
+            } else if let Some((seq, p)) = o.queue.front() {
+                Some((Some(*seq), p.clone(), o.overflow_epoch))
+            } else {
+                o.draining = false;
+                o.last_failure = None;
+                None
+            }
+        };
+        let Some((seq, payload, epoch)) = next else { return };
+        let wait = match shared.breaker.try_call() {
+            Err(()) => Some(shared.breaker.config().open_wait.min(Duration::from_millis(250))),
+            Ok(permit) => match shared.send(&payload).await {
+                Ok(()) => {
+                    permit.record(true);
+                    shared.stats.published.fetch_add(1, Ordering::Relaxed);
+                    shared.stats.republished.fetch_add(1, Ordering::Relaxed);
+                    let mut o = shared.outbox.lock();
+                    match seq {
+                        None if o.overflow_epoch == epoch => {
+                            o.overflowed = false;
+                            shared.stats.overflows.fetch_add(1, Ordering::Relaxed);
+                        }
+                        None => {}
+                        Some(seq) => {
+                            if o.queue.front().is_some_and(|(s, _)| *s == seq)
+                                && let Some((_, p)) = o.queue.pop_front()
+                            {
+                                o.members.remove(&p);
+                            }
+                        }
+                    }
+                    backoff = Duration::from_millis(20);
+                    None
+                }
+                Err(e) => {
+                    if counts_as_failure(&e) {
+                        permit.record(false);
+                    } else {
+                        drop(permit);
+                    }
+                    tracing::debug!(bus = %shared.name, error = %e, "re-publishing failed; retrying");
+                    shared.outbox.lock().last_failure = Some(format!("publish failed: {e}"));
+                    let w = backoff;
+                    backoff = (backoff * 2).min(Duration::from_secs(1));
+                    Some(w)
+                }
+            },
+        };
+        drop(shared);
+        if let Some(w) = wait {
+            tokio::time::sleep(w).await;
         }
     }
 }
@@ -589,6 +795,11 @@ impl InvalidationBus for RedisBus {
         "redis"
     }
 
+    /// Publishes through the bus's circuit breaker, within the call timeout. A message that
+    /// cannot be sent now (Redis down or hung, breaker open, earlier messages still waiting) is
+    /// queued and re-published once Redis answers, and the call returns an error saying so
+    /// without waiting; past [`RedisConfig::max_pending_invalidations`] the queue is replaced
+    /// by one resync message, after which every subscriber clears its L1.
     async fn publish(&self, message: &Invalidation) -> Result<(), BusError> {
         self.shared.publish(&message.to_bytes()).await
     }
@@ -599,6 +810,7 @@ impl InvalidationBus for RedisBus {
     async fn subscribe(&self) -> Result<Subscription, BusError> {
         let (tx, rx) = mpsc::channel(1024);
         let map = Arc::new(|payload: Vec<u8>| match Invalidation::from_bytes(&payload) {
+            _ if payload == RESYNC_MESSAGE => Some(BusEvent::Resync),
             Ok(m) => Some(BusEvent::Invalidate(m)),
             Err(e) => {
                 tracing::warn!(error = %e, len = payload.len(), "undecodable invalidation message skipped");

@@ -3,9 +3,9 @@
 use std::time::Duration;
 
 use deadpool_redis::redis::IntoConnectionInfo;
-use strata_cache_core::ConfigError;
+use strata_cache_core::{BreakerConfig, ConfigError};
 
-use crate::conn::Backend;
+use crate::conn::{Backend, ClusterBackend};
 use crate::keys::{DEFAULT_MAX_KEY_LEN, DEFAULT_PREFIX, KeySpace, hashtag};
 
 /// A standalone server or a cluster.
@@ -33,7 +33,7 @@ pub enum Topology {
 /// assert!(RedisConfig::standalone("http://nope").validate().is_err());
 /// assert!(RedisConfig::cluster(Vec::<String>::new()).validate().is_err());
 /// ```
-#[derive(Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq)]
 #[must_use]
 pub struct RedisConfig {
     /// Where Redis is.
@@ -53,6 +53,16 @@ pub struct RedisConfig {
     pub max_key_len: usize,
     /// The tier's name in errors, metrics and health. Default `redis`.
     pub name: String,
+    /// The circuit breakers in front of Redis: one per cluster master for the tier and the
+    /// lock (one for the whole server on a standalone one), one for the bus publisher.
+    /// A standalone [`RedisTier`](crate::RedisTier) has none of its own: wrap it with
+    /// [`RedisTier::with_breaker`](crate::RedisTier::with_breaker). Default
+    /// [`BreakerConfig::default`].
+    pub breaker: BreakerConfig,
+    /// How many invalidations that could not be published the bus keeps to re-publish once
+    /// Redis is back; past that it forgets them and publishes a resync instead (every
+    /// instance clears its L1). Default 10,000.
+    pub max_pending_invalidations: usize,
 }
 
 impl std::fmt::Debug for RedisConfig {
@@ -70,6 +80,8 @@ impl std::fmt::Debug for RedisConfig {
             .field("prefix", &self.prefix)
             .field("max_key_len", &self.max_key_len)
             .field("name", &self.name)
+            .field("breaker", &self.breaker)
+            .field("max_pending_invalidations", &self.max_pending_invalidations)
             .finish()
     }
 }
@@ -101,7 +113,21 @@ impl RedisConfig {
             prefix: DEFAULT_PREFIX.to_owned(),
             max_key_len: DEFAULT_MAX_KEY_LEN,
             name: "redis".to_owned(),
+            breaker: BreakerConfig::default(),
+            max_pending_invalidations: 10_000,
         }
+    }
+
+    /// Sets the circuit breakers' settings.
+    pub fn breaker(mut self, breaker: BreakerConfig) -> Self {
+        self.breaker = breaker;
+        self
+    }
+
+    /// Sets how many unpublished invalidations the bus keeps (at least 1).
+    pub fn max_pending_invalidations(mut self, n: usize) -> Self {
+        self.max_pending_invalidations = n;
+        self
     }
 
     /// Sets the pool size.
@@ -213,6 +239,13 @@ impl RedisConfig {
         if self.name.is_empty() || self.name.len() > 64 {
             return Err(ConfigError::new("redis.name", "must be 1..=64 bytes"));
         }
+        self.breaker.validate()?;
+        if self.max_pending_invalidations == 0 || self.max_pending_invalidations > 1_000_000 {
+            return Err(ConfigError::new(
+                "redis.max_pending_invalidations",
+                format!("must be in 1..=1000000, got {}", self.max_pending_invalidations),
+            ));
+        }
         Ok(())
     }
 
@@ -253,13 +286,27 @@ impl RedisConfig {
                 Ok(Backend::Standalone(pool))
             }
             Topology::Cluster(urls) => {
-                let manager = deadpool_redis::cluster::Manager::new(urls.clone(), false).map_err(|e| build_err(&e))?;
-                let pool = deadpool_redis::cluster::Pool::builder(manager)
-                    .config(pool_config)
-                    .runtime(Runtime::Tokio1)
+                // Few retries: a call for a dead master's slots fails (and counts against that
+                // master's breaker) instead of retrying until its timeout; redirects after a
+                // failover still follow.
+                let client = deadpool_redis::redis::cluster::ClusterClientBuilder::new(urls.clone())
+                    .connection_timeout(self.connect_timeout)
+                    .response_timeout(self.command_timeout)
+                    .retries(2)
+                    .min_retry_wait(10)
+                    .max_retry_wait(100)
                     .build()
                     .map_err(|e| build_err(&e))?;
-                Ok(Backend::Cluster(pool))
+                let base =
+                    urls.first().map(|u| u.as_str().into_connection_info()).transpose().map_err(|e| build_err(&e))?;
+                let base =
+                    base.ok_or_else(|| ConfigError::new("redis.urls", "a cluster needs at least one node URL"))?;
+                Ok(Backend::Cluster(std::sync::Arc::new(ClusterBackend::new(
+                    client,
+                    base,
+                    self.connect_timeout,
+                    self.command_timeout,
+                ))))
             }
         }
     }
@@ -309,6 +356,12 @@ mod tests {
             (RedisConfig::standalone("rediss://h:1"), "redis.url"),
             (RedisConfig::standalone("redis://:notaport:x"), "redis.url"),
             (RedisConfig::cluster(Vec::<String>::new()), "redis.urls"),
+            (ok.clone().max_pending_invalidations(0), "redis.max_pending_invalidations"),
+            (ok.clone().max_pending_invalidations(usize::MAX), "redis.max_pending_invalidations"),
+            (
+                ok.clone().breaker(BreakerConfig { minimum_calls: 0, ..BreakerConfig::default() }),
+                "breaker.minimum_calls",
+            ),
         ];
         for (cfg, field) in cases {
             let e = cfg.validate().expect_err(field);

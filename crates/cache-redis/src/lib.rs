@@ -8,7 +8,8 @@
 //!   prefix; validated into a typed [`ConfigError`](strata_cache_core::ConfigError).
 //! - [`RedisTier`]: the L2 [`Tier`](strata_cache_core::Tier): `GET`/`SET PX`/`DEL`, `MGET` and
 //!   pipelines per batch (per hash slot on a cluster), tag sets for tag invalidation, `PING`
-//!   health; [`RedisTier::with_breaker`] puts it behind the core's circuit breaker.
+//!   health; on a cluster one circuit breaker per master (a failed master costs only its
+//!   slots); [`RedisTier::with_breaker`] puts a standalone tier behind the core's breaker.
 //! - [`RedisBus`]: the [`InvalidationBus`](strata_cache_core::InvalidationBus) over pub/sub
 //!   (sharded on Redis 7 clusters), reconnecting and resyncing on its own.
 //! - [`RedisLock`]: the fleet-wide [`LoadLock`](strata_cache_core::LoadLock).
@@ -48,6 +49,7 @@
 //! # }).unwrap();
 //! ```
 
+mod breakers;
 pub mod bus;
 pub mod config;
 mod conn;

@@ -5,8 +5,9 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use deadpool_redis::redis::{self, Value};
-use strata_cache_core::{ConfigError, Key, LoadLock, LockToken, TierError, TierErrorKind};
+use strata_cache_core::{BreakerState, ConfigError, Key, LoadLock, LockToken, TierError, TierErrorKind};
 
+use crate::breakers::Breakers;
 use crate::config::RedisConfig;
 use crate::conn::{Backend, redis_error, with_timeout};
 use crate::keys::KeySpace;
@@ -23,7 +24,9 @@ return 0
 /// to acquire; a Lua compare-and-delete (`EVALSHA`, falling back to `EVAL`) to release, so a
 /// holder whose lock expired never deletes someone else's.
 ///
-/// Works on a standalone server and on a cluster (one key per lock).
+/// Works on a standalone server and on a cluster (one key per lock). Every call goes through a
+/// circuit breaker (one per master on a cluster) and the call timeout, so a failed or hung
+/// Redis costs a load at most one timeout until the breaker opens, then nothing.
 #[derive(Clone)]
 pub struct RedisLock {
     name: Arc<str>,
@@ -31,6 +34,7 @@ pub struct RedisLock {
     keys: KeySpace,
     timeout: Duration,
     release: Arc<redis::Script>,
+    breakers: Arc<Breakers>,
 }
 
 impl std::fmt::Debug for RedisLock {
@@ -42,13 +46,28 @@ impl std::fmt::Debug for RedisLock {
 impl RedisLock {
     /// A lock on `config`'s servers (its own pool).
     pub fn new(config: &RedisConfig) -> Result<Self, ConfigError> {
+        let name: Arc<str> = Arc::from(format!("{}-lock", config.name));
+        let backend = config.backend()?;
+        let breakers = Arc::new(Breakers::new(
+            name.clone(),
+            config.breaker.clone(),
+            backend.clone(),
+            config.command_timeout,
+            None,
+        )?);
         Ok(Self {
-            name: Arc::from(format!("{}-lock", config.name)),
-            backend: config.backend()?,
+            name,
+            backend,
             keys: config.key_space(),
             timeout: config.command_timeout,
             release: Arc::new(redis::Script::new(RELEASE_SCRIPT)),
+            breakers,
         })
+    }
+
+    /// The state of the lock's circuit breaker (on a cluster, the worst of its masters').
+    pub fn breaker_state(&self) -> BreakerState {
+        self.breakers.worst()
     }
 
     /// The Redis key of the lock of `key`.
@@ -71,7 +90,8 @@ impl LoadLock for RedisLock {
         let lkey = self.lock_key(key);
         let ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1);
         let name = &self.name;
-        let reply = with_timeout(name, self.timeout, "lock SET NX", async {
+        let nb = self.breakers.for_key(lkey.as_bytes());
+        let call = with_timeout(name, self.timeout, "lock SET NX", async {
             let mut c = self.backend.get(name).await?;
             redis::cmd("SET")
                 .arg(&lkey)
@@ -82,8 +102,8 @@ impl LoadLock for RedisLock {
                 .query_async::<Value>(&mut c)
                 .await
                 .map_err(|e| redis_error(name, e))
-        })
-        .await?;
+        });
+        let reply = self.breakers.guarded(&nb, call).await?;
         Ok(match reply {
             Value::Nil => None,
             _ => Some(token),
@@ -93,11 +113,12 @@ impl LoadLock for RedisLock {
     async fn release(&self, key: &Key, token: &LockToken) -> Result<(), TierError> {
         let lkey = self.lock_key(key);
         let name = &self.name;
-        with_timeout(name, self.timeout, "lock release", async {
+        let nb = self.breakers.for_key(lkey.as_bytes());
+        let call = with_timeout(name, self.timeout, "lock release", async {
             let mut c = self.backend.get(name).await?;
             self.release.key(&lkey).arg(&token.0).invoke_async::<i64>(&mut c).await.map_err(|e| redis_error(name, e))
-        })
-        .await?;
+        });
+        self.breakers.guarded(&nb, call).await?;
         Ok(())
     }
 }

@@ -6,12 +6,13 @@ use std::time::Duration;
 use async_trait::async_trait;
 use bytes::Bytes;
 use deadpool_redis::redis::{self, Value};
-use futures::future::try_join_all;
+use futures::future::join_all;
 use strata_cache_core::{
-    BreakerConfig, BreakerTier, Clock, ConfigError, Key, StoredEntry, SystemClock, Tier, TierError, TierErrorKind,
-    TierHealth, Timestamp,
+    BreakerConfig, BreakerState, BreakerTier, CacheObserver, Clock, ConfigError, Key, StoredEntry, SystemClock, Tier,
+    TierError, TierErrorKind, TierHealth, Timestamp,
 };
 
+use crate::breakers::{Breakers, NodeBreaker, counts_as_failure};
 use crate::config::RedisConfig;
 use crate::conn::{Backend, Conn, redis_error, with_timeout};
 use crate::keys::{KeySpace, group_by_slot};
@@ -55,6 +56,10 @@ const DEL_CHUNK: usize = 512;
 ///   cluster one per hash slot, sent concurrently.
 /// - Tags: `set` adds the entry's Redis key to one set per tag (which lives at least as long as
 ///   the entry); [`Tier::invalidate_tag`] deletes the listed entries.
+/// - On a cluster, every call goes through the circuit breaker of the master serving its hash
+///   slot ([`RedisConfig::breaker`]): a failed or hung master fails fast for its slots only,
+///   the other slots keep being served; after a failover the promoted replica serves them
+///   again. On a standalone server wrap the tier with [`RedisTier::with_breaker`].
 /// - Every call is bounded by [`RedisConfig::command_timeout`]; every failure is a
 ///   [`TierError`] (connection refused → `Unavailable`, timeouts → `Timeout`, pool exhausted →
 ///   `Overloaded`, `MOVED`/`CLUSTERDOWN` → `Unavailable`) with the Redis error as its source.
@@ -71,6 +76,10 @@ struct Inner {
     keys: KeySpace,
     timeout: Duration,
     clock: Arc<dyn Clock>,
+    /// One breaker per master (cluster only; a standalone tier is wrapped by the caller).
+    breakers: Option<Arc<Breakers>>,
+    /// Kept to rebuild the breakers with an observer.
+    breaker_config: BreakerConfig,
 }
 
 impl std::fmt::Debug for RedisTier {
@@ -88,15 +97,64 @@ impl RedisTier {
     /// reported by the calls (and [`Tier::health`]), not here.
     pub fn new(config: &RedisConfig) -> Result<Self, ConfigError> {
         let backend = config.backend()?;
+        let name: Arc<str> = Arc::from(config.name.as_str());
+        let breakers = Self::breakers(&name, &backend, config.breaker.clone(), config.command_timeout, None)?;
         Ok(Self {
             inner: Arc::new(Inner {
-                name: Arc::from(config.name.as_str()),
+                name,
                 backend,
                 keys: config.key_space(),
                 timeout: config.command_timeout,
                 clock: Arc::new(SystemClock),
+                breakers,
+                breaker_config: config.breaker.clone(),
             }),
         })
+    }
+
+    fn breakers(
+        name: &Arc<str>,
+        backend: &Backend,
+        config: BreakerConfig,
+        timeout: Duration,
+        observer: Option<Arc<dyn CacheObserver>>,
+    ) -> Result<Option<Arc<Breakers>>, ConfigError> {
+        if !backend.is_cluster() {
+            return Ok(None);
+        }
+        Ok(Some(Arc::new(Breakers::new(name.clone(), config, backend.clone(), timeout, observer)?)))
+    }
+
+    /// On a cluster, reports the state changes of each master's breaker to `observer` as
+    /// [`CacheEvent::BreakerTransition`](strata_cache_core::CacheEvent::BreakerTransition)
+    /// with the tier named `<name>@<host:port>` (the breakers start afresh). No effect on a
+    /// standalone server (wrap the tier with [`BreakerTier::with_observer`] there).
+    pub fn with_observer(self, observer: Arc<dyn CacheObserver>) -> Result<Self, ConfigError> {
+        let i = &self.inner;
+        let breakers = Self::breakers(&i.name, &i.backend, i.breaker_config.clone(), i.timeout, Some(observer))?;
+        Ok(Self {
+            inner: Arc::new(Inner {
+                name: i.name.clone(),
+                backend: i.backend.clone(),
+                keys: i.keys.clone(),
+                timeout: i.timeout,
+                clock: i.clock.clone(),
+                breakers,
+                breaker_config: i.breaker_config.clone(),
+            }),
+        })
+    }
+
+    /// On a cluster, the state of the breaker of each master in the current slot map, by
+    /// `host:port` (empty on a standalone server, or before the map was read).
+    pub fn node_breakers(&self) -> Vec<(String, BreakerState)> {
+        self.inner.breakers.as_ref().map(|b| b.node_states()).unwrap_or_default()
+    }
+
+    /// On a cluster, the master serving `key` in the tier's current slot map (`host:port`).
+    pub fn node_of(&self, key: &Key) -> Option<String> {
+        let b = self.inner.breakers.as_ref()?;
+        b.node_of(crate::keys::slot(self.redis_key(key).as_bytes()))
     }
 
     /// Uses `clock` to turn expiry timestamps into `PX` durations (default: the system clock;
@@ -111,11 +169,14 @@ impl RedisTier {
                 keys: i.keys.clone(),
                 timeout: i.timeout,
                 clock,
+                breakers: i.breakers.clone(),
+                breaker_config: i.breaker_config.clone(),
             }),
         }
     }
 
-    /// Wraps the tier in the core's circuit breaker.
+    /// Wraps the tier in the core's circuit breaker (one for the whole tier: what a standalone
+    /// server needs; a cluster tier already has one per master).
     pub fn with_breaker(self, config: BreakerConfig) -> Result<BreakerTier<RedisTier>, ConfigError> {
         BreakerTier::new(self, config)
     }
@@ -136,14 +197,6 @@ impl RedisTier {
         match &self.inner.backend {
             Backend::Standalone(p) => Some(p),
             Backend::Cluster(_) => None,
-        }
-    }
-
-    /// The cluster pool; `None` on a standalone server.
-    pub fn cluster_pool(&self) -> Option<&deadpool_redis::cluster::Pool> {
-        match &self.inner.backend {
-            Backend::Cluster(p) => Some(p),
-            Backend::Standalone(_) => None,
         }
     }
 
@@ -176,42 +229,171 @@ impl RedisTier {
             return Ok(Vec::new());
         }
         let name = &self.inner.name;
-        with_timeout(name, self.inner.timeout, what, async {
-            let conn = self.conn().await?;
-            match conn {
-                Conn::Standalone(mut c) => {
-                    let mut p = redis::pipe();
-                    for (_, cmd) in &cmds {
-                        p.add_command(cmd.clone());
-                    }
-                    p.query_async::<Vec<Value>>(&mut *c).await.map_err(|e| redis_error(name, e))
+        match self.conn_within(what).await? {
+            Conn::Standalone(mut c) => {
+                let mut p = redis::pipe();
+                for (_, cmd) in &cmds {
+                    p.add_command(cmd.clone());
                 }
-                Conn::Cluster(c) => {
-                    let groups = group_by_slot(&cmds.iter().map(|(k, _)| k.as_bytes()).collect::<Vec<_>>());
-                    let base: redis::cluster_async::ClusterConnection = (*c).clone();
-                    let calls = groups.iter().map(|(_, idx)| {
-                        let mut conn = base.clone();
+                with_timeout(name, self.inner.timeout, what, async {
+                    p.query_async::<Vec<Value>>(&mut *c).await.map_err(|e| redis_error(name, e))
+                })
+                .await
+            }
+            Conn::Cluster(_) => {
+                let groups = group_by_slot(&cmds.iter().map(|(k, _)| k.as_bytes()).collect::<Vec<_>>());
+                let pipes: Vec<redis::Pipeline> = groups
+                    .iter()
+                    .map(|(_, idx)| {
                         let mut p = redis::pipe();
                         for &i in idx {
                             p.add_command(cmds[i].1.clone());
                         }
-                        async move { p.query_async::<Vec<Value>>(&mut conn).await.map_err(|e| redis_error(name, e)) }
-                    });
-                    let replies = try_join_all(calls).await?;
-                    let mut out = vec![Value::Nil; cmds.len()];
-                    for ((_, idx), vals) in groups.iter().zip(replies) {
-                        if vals.len() != idx.len() {
-                            return Err(self.err(TierErrorKind::Protocol, "pipeline reply count mismatch"));
-                        }
-                        for (&i, v) in idx.iter().zip(vals) {
-                            out[i] = v;
-                        }
-                    }
-                    Ok(out)
+                        p
+                    })
+                    .collect();
+                let replies = self.per_node(&groups, &pipes, what).await?;
+                self.scatter(&groups, replies, cmds.len(), "pipeline reply count mismatch")
+            }
+        }
+    }
+
+    /// A connection, within the call timeout (on a cluster, the shared connection: immediate
+    /// once it is open).
+    async fn conn_within(&self, what: &'static str) -> Result<Conn, TierError> {
+        with_timeout(&self.inner.name, self.inner.timeout, what, self.conn()).await
+    }
+
+    /// Runs one pipeline per hash-slot group on a cluster, each on the master serving its slot,
+    /// through that master's breaker and within the call timeout. Fails fast (nothing is sent)
+    /// when one of those breakers is open; otherwise records each master's outcome on its
+    /// breaker.
+    async fn per_node(
+        &self,
+        groups: &[(u16, Vec<usize>)],
+        pipes: &[redis::Pipeline],
+        what: &'static str,
+    ) -> Result<Vec<Vec<Value>>, TierError> {
+        let breakers = self.cluster_breakers()?;
+        let nbs: Vec<NodeBreaker> = groups.iter().map(|(slot, _)| breakers.for_slot(*slot)).collect();
+        // One permit per distinct breaker (a batch over many slots of one master is one call
+        // for that master's breaker).
+        let mut distinct: Vec<usize> = Vec::new();
+        let mut which = Vec::with_capacity(nbs.len());
+        for (i, nb) in nbs.iter().enumerate() {
+            match distinct.iter().position(|&d| Arc::ptr_eq(&nbs[d].breaker, &nb.breaker)) {
+                Some(p) => which.push(p),
+                None => {
+                    distinct.push(i);
+                    which.push(distinct.len() - 1);
                 }
             }
-        })
-        .await
+        }
+        let mut permits = Vec::with_capacity(distinct.len());
+        for &d in &distinct {
+            match nbs[d].breaker.try_call() {
+                Ok(p) => permits.push(p),
+                Err(()) => return Err(breakers.open_error(nbs[d].node.as_deref())),
+            }
+        }
+        let (name, timeout) = (&self.inner.name, self.inner.timeout);
+        let calls = nbs.iter().zip(pipes).map(|(nb, p)| with_timeout(name, timeout, what, self.on_node(nb, p)));
+        let results = join_all(calls).await;
+        // Per breaker: `Some(false)` once any of its calls failed in a way that counts.
+        let mut outcome: Vec<Option<bool>> = vec![None; distinct.len()];
+        for (r, &w) in results.iter().zip(&which) {
+            match r {
+                Ok(_) => {
+                    outcome[w].get_or_insert(true);
+                }
+                Err(e) if counts_as_failure(e) => outcome[w] = Some(false),
+                Err(_) => {}
+            }
+        }
+        for (permit, o) in permits.into_iter().zip(outcome) {
+            match o {
+                Some(ok) => permit.record(ok),
+                None => drop(permit),
+            }
+        }
+        results.into_iter().collect()
+    }
+
+    fn cluster_breakers(&self) -> Result<&Arc<Breakers>, TierError> {
+        self.inner.breakers.as_ref().ok_or_else(|| self.err(TierErrorKind::Other, "not a cluster tier"))
+    }
+
+    /// Runs `p` (commands on keys of one slot) on the master `nb` names. When that master
+    /// answers with a redirect (the tier's slot map is out of date), asks for a new map and runs
+    /// `p` once more through the cluster connection, which follows redirects; so it does when
+    /// no map is known yet.
+    async fn on_node(&self, nb: &NodeBreaker, p: &redis::Pipeline) -> Result<Vec<Value>, TierError> {
+        let name = &self.inner.name;
+        let Some(cluster) = self.inner.backend.cluster() else {
+            return Err(self.err(TierErrorKind::Other, "not a cluster tier"));
+        };
+        if let Some(addr) = &nb.node {
+            let mut c = cluster.node(name, addr).await?;
+            match p.query_async::<Vec<Value>>(&mut c).await {
+                Ok(v) if !v.iter().any(is_redirect_value) => return Ok(v),
+                Ok(_) => {}
+                Err(e) if is_redirect(&e) => {}
+                Err(e) => {
+                    if e.is_connection_dropped() || e.is_io_error() || e.is_unrecoverable_error() {
+                        cluster.forget(addr);
+                    }
+                    return Err(redis_error(name, e));
+                }
+            }
+            if let Some(b) = &self.inner.breakers {
+                b.slot_moved();
+            }
+        }
+        let mut c = self.conn().await?;
+        p.query_async::<Vec<Value>>(&mut c).await.map_err(|e| redis_error(name, e))
+    }
+
+    /// Puts per-group replies back in input order.
+    fn scatter(
+        &self,
+        groups: &[(u16, Vec<usize>)],
+        replies: Vec<Vec<Value>>,
+        n: usize,
+        mismatch: &'static str,
+    ) -> Result<Vec<Value>, TierError> {
+        let mut out = vec![Value::Nil; n];
+        for ((_, idx), vals) in groups.iter().zip(replies) {
+            if vals.len() != idx.len() {
+                return Err(self.err(TierErrorKind::Protocol, mismatch));
+            }
+            for (&i, v) in idx.iter().zip(vals) {
+                out[i] = v;
+            }
+        }
+        Ok(out)
+    }
+
+    /// One command on one key, through the breaker of the master serving the key's slot (on a
+    /// cluster).
+    async fn query_key<T: redis::FromRedisValue>(
+        &self,
+        rkey: &str,
+        cmd: redis::Cmd,
+        what: &'static str,
+    ) -> Result<T, TierError> {
+        let Some(b) = &self.inner.breakers else { return self.query(cmd, what).await };
+        let nb = b.for_key(rkey.as_bytes());
+        let mut p = redis::pipe();
+        p.add_command(cmd);
+        let call = async {
+            let mut replies = with_timeout(&self.inner.name, self.inner.timeout, what, self.on_node(&nb, &p)).await?;
+            match (replies.pop(), replies.is_empty()) {
+                (Some(Value::ServerError(e)), true) => Err(redis_error(&self.inner.name, e.into())),
+                (Some(v), true) => T::from_redis_value(v).map_err(|e| redis_error(&self.inner.name, e.into())),
+                _ => Err(self.err(TierErrorKind::Protocol, "expected one reply")),
+            }
+        };
+        b.guarded(&nb, call).await
     }
 
     /// Runs `first`, then `then` (on a cluster, `then` only once every command of `first`
@@ -313,6 +495,15 @@ fn glob_escape(s: &str) -> String {
     out
 }
 
+/// A `MOVED`/`ASK` redirect.
+fn is_redirect(e: &redis::RedisError) -> bool {
+    matches!(e.kind(), redis::ErrorKind::Server(redis::ServerErrorKind::Moved | redis::ServerErrorKind::Ask))
+}
+
+fn is_redirect_value(v: &Value) -> bool {
+    matches!(v, Value::ServerError(e) if matches!(e.kind(), Some(redis::ServerErrorKind::Moved | redis::ServerErrorKind::Ask)))
+}
+
 fn to_bytes(v: Value) -> Result<Option<Bytes>, &'static str> {
     match v {
         Value::Nil => Ok(None),
@@ -329,7 +520,8 @@ impl Tier for RedisTier {
     }
 
     async fn get(&self, key: &Key) -> Result<Option<Bytes>, TierError> {
-        let v: Value = self.query(redis::cmd("GET").arg(self.redis_key(key)).take(), "GET").await?;
+        let rkey = self.redis_key(key);
+        let v: Value = self.query_key(&rkey, redis::cmd("GET").arg(&rkey).take(), "GET").await?;
         to_bytes(v).map_err(|m| self.err(TierErrorKind::Protocol, m))
     }
 
@@ -339,39 +531,44 @@ impl Tier for RedisTier {
         }
         let rkeys: Vec<String> = keys.iter().map(|k| self.redis_key(k)).collect();
         let name = &self.inner.name;
-        let values: Vec<Value> = with_timeout(name, self.inner.timeout, "MGET", async {
-            match self.conn().await? {
-                Conn::Standalone(mut c) => redis::cmd("MGET")
-                    .arg(&rkeys)
-                    .query_async::<Vec<Value>>(&mut *c)
-                    .await
-                    .map_err(|e| redis_error(name, e)),
-                Conn::Cluster(c) => {
-                    let groups = group_by_slot(&rkeys);
-                    let base: redis::cluster_async::ClusterConnection = (*c).clone();
-                    let calls = groups.iter().map(|(_, idx)| {
-                        let mut conn = base.clone();
+        let values: Vec<Value> = match self.conn_within("MGET").await? {
+            Conn::Standalone(mut c) => {
+                with_timeout(name, self.inner.timeout, "MGET", async {
+                    redis::cmd("MGET")
+                        .arg(&rkeys)
+                        .query_async::<Vec<Value>>(&mut *c)
+                        .await
+                        .map_err(|e| redis_error(name, e))
+                })
+                .await?
+            }
+            Conn::Cluster(_) => {
+                let groups = group_by_slot(&rkeys);
+                let pipes: Vec<redis::Pipeline> = groups
+                    .iter()
+                    .map(|(_, idx)| {
                         let mut cmd = redis::cmd("MGET");
                         for &i in idx {
                             cmd.arg(&rkeys[i]);
                         }
-                        async move { cmd.query_async::<Vec<Value>>(&mut conn).await.map_err(|e| redis_error(name, e)) }
-                    });
-                    let replies = try_join_all(calls).await?;
-                    let mut out = vec![Value::Nil; rkeys.len()];
-                    for ((_, idx), vals) in groups.iter().zip(replies) {
-                        if vals.len() != idx.len() {
-                            return Err(self.err(TierErrorKind::Protocol, "MGET reply count mismatch"));
-                        }
-                        for (&i, v) in idx.iter().zip(vals) {
-                            out[i] = v;
-                        }
-                    }
-                    Ok(out)
-                }
+                        let mut p = redis::pipe();
+                        p.add_command(cmd);
+                        p
+                    })
+                    .collect();
+                // One MGET per group: its reply is the group's array of values.
+                let replies = self
+                    .per_node(&groups, &pipes, "MGET")
+                    .await?
+                    .into_iter()
+                    .map(|mut r| match r.pop() {
+                        Some(Value::Array(vals)) if r.is_empty() => Ok(vals),
+                        _ => Err(self.err(TierErrorKind::Protocol, "MGET reply is not an array")),
+                    })
+                    .collect::<Result<Vec<_>, _>>()?;
+                self.scatter(&groups, replies, rkeys.len(), "MGET reply count mismatch")?
             }
-        })
-        .await?;
+        };
         if values.len() != keys.len() {
             return Err(self.err(TierErrorKind::Protocol, "MGET reply count mismatch"));
         }
@@ -381,9 +578,10 @@ impl Tier for RedisTier {
     async fn set(&self, key: &Key, entry: &StoredEntry) -> Result<(), TierError> {
         let (mut tags, mut cmds) = (Vec::with_capacity(entry.meta.tags.len()), Vec::with_capacity(1));
         self.set_cmds(key, entry, self.inner.clock.now(), &mut tags, &mut cmds)?;
-        if tags.is_empty() && cmds.len() == 1 {
-            let (_, cmd) = cmds.pop().expect("one command");
-            let _: Value = self.query(cmd, "SET").await?;
+        if tags.is_empty()
+            && let Some((rkey, cmd)) = cmds.pop()
+        {
+            let _: Value = self.query_key(&rkey, cmd, "SET").await?;
             return Ok(());
         }
         self.run_ordered(tags, cmds, "SET").await.map(drop)
@@ -399,13 +597,14 @@ impl Tier for RedisTier {
     }
 
     async fn delete(&self, key: &Key) -> Result<(), TierError> {
-        let _: i64 = self.query(redis::cmd("DEL").arg(self.redis_key(key)).take(), "DEL").await?;
+        let rkey = self.redis_key(key);
+        let _: i64 = self.query_key(&rkey, redis::cmd("DEL").arg(&rkey).take(), "DEL").await?;
         Ok(())
     }
 
     async fn invalidate_tag(&self, cache: &str, namespace: &str, tag: &str) -> Result<u64, TierError> {
         let tkey = self.inner.keys.tag_set(cache, namespace, tag);
-        let members: Vec<Vec<u8>> = self.query(redis::cmd("SMEMBERS").arg(&tkey).take(), "SMEMBERS").await?;
+        let members: Vec<Vec<u8>> = self.query_key(&tkey, redis::cmd("SMEMBERS").arg(&tkey).take(), "SMEMBERS").await?;
         if members.is_empty() {
             return Ok(0);
         }
@@ -436,7 +635,7 @@ impl Tier for RedisTier {
                 // effort; listing an entry already deleted is harmless).
                 for chunk in members.chunks(DEL_CHUNK) {
                     let relist = redis::cmd("SADD").arg(&tkey).arg(chunk).take();
-                    if let Err(again) = self.query::<Value>(relist, "SADD").await {
+                    if let Err(again) = self.query_key::<Value>(&tkey, relist, "SADD").await {
                         tracing::warn!(error = %again, "could not re-list tag members after a failed invalidation");
                         break;
                     }
@@ -497,5 +696,9 @@ impl Tier for RedisTier {
             Ok(_) => TierHealth::Healthy,
             Err(e) => TierHealth::Unhealthy(e.to_string()),
         }
+    }
+
+    fn breaker_state(&self) -> Option<BreakerState> {
+        self.inner.breakers.as_ref().map(|b| b.worst())
     }
 }

@@ -1,5 +1,6 @@
 //! Connecting the backends a configuration names: L2 Redis (tier, backplane, stampede lock) and
-//! L3 SQL (tier, sweeper), each tier behind a circuit breaker.
+//! L3 SQL (tier, sweeper), each tier behind a circuit breaker (a Redis Cluster tier: one per
+//! master, so that a failed master costs only its slots).
 //!
 //! A section whose crate is not compiled in (`[redis]` without the `redis` feature) is an error
 //! that names the feature: a configured backend is never silently ignored.
@@ -107,13 +108,23 @@ pub(crate) async fn connect(
             }
             rc.validate()?;
             let tier = RedisTier::new(&rc)?.with_clock(clock.clone());
-            let tier = strata_cache_core::BreakerTier::with_observer(tier, BreakerConfig::default(), observer.clone())?;
+            // A cluster tier has a breaker per master (a failed master costs only its slots):
+            // one breaker for the whole tier on top would open for every slot.
+            let tier: Arc<dyn Tier> = if tier.is_cluster() {
+                Arc::new(tier.with_observer(observer.clone())?)
+            } else {
+                Arc::new(strata_cache_core::BreakerTier::with_observer(
+                    tier,
+                    BreakerConfig::default(),
+                    observer.clone(),
+                )?)
+            };
             let desc = match &r.url {
                 Some(u) => format!("redis standalone {}", redact(u)),
                 None => format!("redis cluster {}", r.cluster.iter().map(|u| redact(u)).collect::<Vec<_>>().join(", ")),
             };
             out.topology.tiers.push((tier.name().to_owned(), desc));
-            out.tiers.push(Arc::new(tier));
+            out.tiers.push(tier);
             if r.bus {
                 let bus = RedisBus::new(&rc)?;
                 out.topology.bus = Some(format!("redis pub/sub channel {}", bus.channel()));

@@ -61,6 +61,7 @@ pub struct Server {
     child: Option<Child>,
     dir: PathBuf,
     cluster: bool,
+    extra: Vec<String>,
 }
 
 fn has_binary(name: &str) -> bool {
@@ -70,13 +71,19 @@ fn has_binary(name: &str) -> bool {
 impl Server {
     /// Starts a server on `port` (0: a free one).
     pub fn start(port: u16, cluster: bool) -> Option<Server> {
+        Self::start_with(port, cluster, &[])
+    }
+
+    /// Starts a server with extra `redis-server` arguments.
+    pub fn start_with(port: u16, cluster: bool, extra: &[&str]) -> Option<Server> {
         if !has_binary("redis-server") {
             return skip("redis-server not installed");
         }
         let port = if port == 0 { free_port() } else { port };
         let dir = std::env::temp_dir().join(format!("strata-redis-test-{}-{port}", std::process::id()));
         let _ = std::fs::create_dir_all(&dir);
-        let mut s = Server { port, child: None, dir, cluster };
+        let extra = extra.iter().map(|a| (*a).to_owned()).collect();
+        let mut s = Server { port, child: None, dir, cluster, extra };
         s.spawn();
         Some(s)
     }
@@ -91,6 +98,7 @@ impl Server {
         if self.cluster {
             c.args(["--cluster-enabled", "yes", "--cluster-config-file"]).arg(self.dir.join("nodes.conf"));
         }
+        c.args(&self.extra);
         self.child = Some(c.spawn().unwrap());
         let port = self.port;
         assert!(
@@ -118,6 +126,38 @@ impl Server {
     /// Starts again on the same port.
     pub fn restart(&mut self) {
         self.spawn();
+    }
+
+    /// The process id, while running.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// Sends a signal (`STOP`, `CONT`, `KILL`) to this test's own server.
+    pub fn signal(&self, sig: &str) {
+        let pid = self.pid().expect("server running");
+        let ok = Command::new("kill").arg(format!("-{sig}")).arg(pid.to_string()).status().unwrap().success();
+        assert!(ok, "kill -{sig} {pid} failed");
+    }
+
+    /// SIGKILL, then reaps the process (the directory stays, for a restart).
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// Sends SIGCONT to a stopped server when dropped (so that a failing test never leaves one
+/// stopped).
+pub struct ContinueOnDrop(pub Option<u32>);
+
+impl Drop for ContinueOnDrop {
+    fn drop(&mut self) {
+        if let Some(pid) = self.0 {
+            let _ = Command::new("kill").arg("-CONT").arg(pid.to_string()).status();
+        }
     }
 }
 
@@ -182,6 +222,54 @@ pub fn throwaway_cluster() -> Option<Cluster> {
             .iter()
             .all(|p| raw_cmd(*p, "CLUSTER INFO").is_some_and(|r| r.contains("cluster_state:ok")))),
         "cluster did not reach cluster_state:ok"
+    );
+    let urls = servers.iter().map(Server::url).collect();
+    Some(Cluster { urls, servers })
+}
+
+/// Six throwaway nodes, three masters with one replica each, with a short
+/// `cluster-node-timeout` (so that a failover takes about that long) and replicas that may
+/// always take over, and masters that keep serving their slots while another master is down
+/// (`cluster-require-full-coverage no`: with `yes`, Redis itself answers `CLUSTERDOWN` for
+/// every slot until the failover, and no client can serve any). Waits until every master has
+/// its replica online.
+pub fn throwaway_replicated_cluster(node_timeout_ms: u32) -> Option<Cluster> {
+    if !has_binary("redis-cli") {
+        return skip("redis-cli not installed");
+    }
+    let timeout = node_timeout_ms.to_string();
+    let extra = [
+        "--cluster-node-timeout",
+        timeout.as_str(),
+        "--cluster-replica-validity-factor",
+        "0",
+        "--cluster-require-full-coverage",
+        "no",
+    ];
+    let mut servers = Vec::new();
+    for _ in 0..6 {
+        servers.push(Server::start_with(0, true, &extra)?);
+    }
+    let mut create = Command::new("redis-cli");
+    create.arg("--cluster").arg("create");
+    for s in &servers {
+        create.arg(format!("127.0.0.1:{}", s.port));
+    }
+    let out = create.args(["--cluster-replicas", "1", "--cluster-yes"]).output().unwrap();
+    assert!(out.status.success(), "cluster create failed: {}", String::from_utf8_lossy(&out.stdout));
+    let ports: Vec<u16> = servers.iter().map(|s| s.port).collect();
+    assert!(
+        wait_until(Duration::from_secs(60), || {
+            ports.iter().all(|p| raw_cmd(*p, "CLUSTER INFO").is_some_and(|r| r.contains("cluster_state:ok")))
+                && ports
+                    .iter()
+                    .filter(|p| raw_cmd(**p, "INFO replication").is_some_and(|r| r.contains("role:master")))
+                    .all(|p| {
+                        raw_cmd(*p, "INFO replication")
+                            .is_some_and(|r| r.contains("connected_slaves:1") && r.contains("state=online"))
+                    })
+        }),
+        "replicated cluster did not become ready"
     );
     let urls = servers.iter().map(Server::url).collect();
     Some(Cluster { urls, servers })
