@@ -72,8 +72,9 @@ fn crash_child() {
                 })
             })
             .collect();
-        // Safety net: never outlive a parent that forgot to kill us.
-        tokio::time::sleep(Duration::from_secs(60)).await;
+        // Safety net: never outlive a parent that forgot to kill us (long enough for the
+        // parent's largest round on a loaded machine).
+        tokio::time::sleep(Duration::from_secs(600)).await;
         drop(tasks);
     });
 }
@@ -140,7 +141,7 @@ fn run_round(round: usize, kill_after: usize, sync: &str) -> (usize, usize, usiz
             WriteBehind::open(cache, writer as Arc<dyn Writer<u64, String>>, wb_config(dir.path(), SyncPolicy::Always))
                 .await
                 .unwrap();
-        tokio::time::timeout(Duration::from_secs(30), wb.shutdown()).await.unwrap().unwrap();
+        tokio::time::timeout(Duration::from_secs(60), wb.shutdown()).await.unwrap().unwrap();
         report
     });
     let source = FileWriter::read(&source_path(dir.path()));
