@@ -545,3 +545,47 @@ async fn a_lone_poison_entry_is_dead_lettered_after_dead_letter_after() {
     wb.flush().await.unwrap();
     assert_eq!(writer.inner.get(8).as_deref(), Some("after"), "the pipeline moves on");
 }
+
+/// A poison entry that is alone in its batch (the flusher took it before the next write was
+/// journaled, as happens on a busy machine) must not hold back the writes queued behind it
+/// until `dead_letter_after`: they are the evidence that the source is up.
+#[tokio::test]
+async fn a_poison_entry_alone_in_its_batch_does_not_stall_the_writes_behind_it() {
+    for deletes in [false, true] {
+        let dir = tempfile::tempdir().unwrap();
+        let writer = PoisonWriter::new(3, false);
+        // dead_letter_after stays at its default (5 minutes): only evidence can free the entry.
+        let cfg =
+            config(dir.path()).max_backlog(4).max_attempts_before_split(2).enqueue_timeout(Duration::from_secs(60));
+        let (cache, _) = cache("alone").await;
+        let (wb, _) = WriteBehind::open(cache, writer.clone() as Arc<dyn Writer<u64, String>>, cfg).await.unwrap();
+        wb.set(3, "poison".into()).await.unwrap();
+        // The poison entry is being retried on its own.
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while writer.calls_with_poison.load(Ordering::SeqCst) < 3 {
+            assert!(Instant::now() < deadline, "the poison entry was never tried");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        // More writes than the backlog holds queue up behind it (a later write of the poison
+        // key too: it must not overtake the entry in flight).
+        for k in 10..20u64 {
+            if deletes && k % 2 == 1 {
+                wb.delete(k).await.unwrap();
+            } else {
+                wb.set(k, format!("v{k}")).await.unwrap();
+            }
+        }
+        wb.set(3, "poison again".into()).await.unwrap();
+        tokio::time::timeout(Duration::from_secs(60), wb.flush()).await.expect("the pipeline stalled").unwrap();
+        for k in 10..20u64 {
+            let expected = (!(deletes && k % 2 == 1)).then(|| format!("v{k}"));
+            assert_eq!(writer.inner.get(k), expected, "key {k}");
+        }
+        // Both writes of the poison key were refused by the source: two dead letters, in order.
+        assert_eq!(wb.dead_lettered(), 2);
+        let dl = dead_letters(dir.path());
+        assert_eq!(dl.len(), 2, "{dl:?}");
+        assert_eq!(dl[0]["value_postcard_hex"], "06706f69736f6e"); // "poison"
+        assert_eq!(wb.backlog(), 0);
+    }
+}
