@@ -761,8 +761,10 @@ where
                             "write-behind: batch part keeps failing; splitting it to isolate the failing entry"
                         );
                         let (a, b) = split_lane((puts, deletes));
-                        work.push((b, step, None));
-                        work.push((a, step, None));
+                        // The halves have been failing since the whole part did: a half that
+                        // succeeds is evidence against the other, whichever is written first.
+                        work.push((b, step, failing_since));
+                        work.push((a, step, failing_since));
                         break;
                     }
                     let mut source_is_up = self.successes.load(Ordering::Acquire) > successes_then;

@@ -176,13 +176,14 @@ async fn torn_tail_is_cut_off_and_complete_records_replayed() {
     assert_eq!(torn.segment, seg);
     assert!(torn.discarded_bytes > 0 && torn.discarded_bytes < 64, "{torn:?}");
     assert_eq!(report.requeued, 49, "{report:?}");
+    // The file was truncated to the last complete record (checked before anything is flushed:
+    // once its records are confirmed, the segment may be removed at any moment).
+    assert_eq!(std::fs::metadata(&seg).unwrap().len(), torn.offset);
     wb.flush().await.unwrap();
     for k in 0..49u64 {
         assert_eq!(writer.get(k), Some(format!("value-{k}")));
     }
     assert_eq!(writer.get(49), None, "the torn record is not invented");
-    // The file was truncated to the last complete record.
-    assert_eq!(std::fs::metadata(&seg).unwrap().len(), torn.offset);
 }
 
 #[tokio::test]
@@ -480,10 +481,11 @@ async fn torn_record_holding_a_valid_record_in_its_payload_is_a_torn_tail() {
     let torn = report.torn_tail.clone().expect("torn tail reported");
     assert_eq!((torn.segment.clone(), torn.offset), (seg.clone(), clean_len));
     assert_eq!(report.requeued, 5, "{report:?}");
+    // Truncated (checked before the flush: a confirmed segment may be removed at any moment).
+    assert_eq!(std::fs::metadata(&seg).unwrap().len(), clean_len);
     wb.flush().await.unwrap();
     assert_eq!(writer.get(999), None, "the embedded record is not replayed");
     assert_eq!(writer.rows.lock().len(), 5);
-    assert_eq!(std::fs::metadata(&seg).unwrap().len(), clean_len);
 }
 
 /// Fails every write until `until`, then accepts everything: an outage, not a poison entry.
@@ -576,7 +578,15 @@ async fn a_poison_entry_alone_in_its_batch_does_not_stall_the_writes_behind_it()
             }
         }
         wb.set(3, "poison again".into()).await.unwrap();
+        // Writes behind that one too (with nothing behind it, a lone failing entry waits for
+        // dead_letter_after: see a_lone_poison_entry_is_dead_lettered_after_dead_letter_after).
+        for k in 20..24u64 {
+            wb.set(k, format!("v{k}")).await.unwrap();
+        }
         tokio::time::timeout(Duration::from_secs(60), wb.flush()).await.expect("the pipeline stalled").unwrap();
+        for k in 20..24u64 {
+            assert_eq!(writer.inner.get(k), Some(format!("v{k}")), "key {k}");
+        }
         for k in 10..20u64 {
             let expected = (!(deletes && k % 2 == 1)).then(|| format!("v{k}"));
             assert_eq!(writer.inner.get(k), expected, "key {k}");
