@@ -174,7 +174,8 @@ mod tests {
         assert!(Arc::ptr_eq(&a.unwrap_err(), &b.unwrap_err()));
     }
 
-    #[tokio::test]
+    // Paused time: the leader is still running when the follower joins, however slow the machine.
+    #[tokio::test(start_paused = true)]
     async fn cancelled_leader_does_not_strand_followers() {
         let sf = Arc::new(SingleFlight::<u32, Result<u32, Arc<String>>>::new());
         let calls = Arc::new(AtomicUsize::new(0));
@@ -195,7 +196,7 @@ mod tests {
         assert_eq!(calls.load(Ordering::SeqCst), 1);
     }
 
-    #[tokio::test]
+    #[tokio::test(start_paused = true)]
     async fn all_cancelled_means_a_fresh_start() {
         let sf = Arc::new(SingleFlight::<u32, Result<u32, Arc<String>>>::new());
         let calls = Arc::new(AtomicUsize::new(0));
@@ -217,7 +218,8 @@ mod tests {
         #![proptest_config(proptest::prelude::ProptestConfig::with_cases(64))]
         #[test]
         fn survivors_share_one_execution(n in 1usize..40, cancel_mask in proptest::prelude::any::<u64>()) {
-            let rt = tokio::runtime::Builder::new_current_thread().enable_time().build().unwrap();
+            // Paused time: every task joins while the one execution runs, however slow the machine.
+            let rt = tokio::runtime::Builder::new_current_thread().enable_time().start_paused(true).build().unwrap();
             rt.block_on(async {
                 let sf = Arc::new(SingleFlight::<u32, Result<u32, Arc<String>>>::new());
                 let calls = Arc::new(AtomicUsize::new(0));

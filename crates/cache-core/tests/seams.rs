@@ -74,7 +74,7 @@ async fn tag_invalidation_reaches_l1_tiers_and_other_instances() {
     assert_eq!(a.get(&3).await.unwrap().as_deref(), Some(&"three".to_string()));
 
     // B hears about it over the bus: its L1 copy goes and the stale bytes in `notag` are misses.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(1);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     while b.l1().unwrap().get(b.namespace(), &1, SystemClock.now()).is_some() {
         assert!(tokio::time::Instant::now() < deadline, "B's L1 still holds the tagged entry");
         tokio::time::sleep(Duration::from_millis(5)).await;
@@ -142,9 +142,10 @@ async fn load_lock_lets_one_instance_load_for_all() {
             .observer(s.clone())
             .load_lock(
                 lock.clone(),
+                // Generous: the holder's load must finish within them however busy the machine.
                 LockOptions {
-                    ttl: Duration::from_secs(5),
-                    max_wait: Duration::from_secs(2),
+                    ttl: Duration::from_secs(120),
+                    max_wait: Duration::from_secs(60),
                     poll_interval: Duration::from_millis(5),
                 },
             )
@@ -245,7 +246,7 @@ async fn hashed_key_ids_keep_ids_out_of_tiers_and_still_invalidate() {
     assert!(tier.raw(&hashed).is_some());
     assert_eq!(b.get(&"alice@example.com".to_string()).await.unwrap().as_deref(), Some(&"secret".to_string()));
     a.set("alice@example.com".into(), "new".into()).await.unwrap();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(1);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     while b.l1().unwrap().get(b.namespace(), &"alice@example.com".to_string(), SystemClock.now()).is_some() {
         assert!(tokio::time::Instant::now() < deadline, "B's L1 copy survived the hashed invalidation");
         tokio::time::sleep(Duration::from_millis(5)).await;
@@ -279,8 +280,9 @@ async fn a_cancelled_lock_holder_releases_the_lock() {
         .tier(Arc::new(tier))
         .serializer(Postcard)
         .load_lock(lock.clone(), LockOptions::default())
+        // A load that outlasts the deadline below: only the cancellation can release the lock.
         .loader(FnLoader::new(|k: u64| async move {
-            tokio::time::sleep(Duration::from_secs(5)).await;
+            tokio::time::sleep(Duration::from_secs(3600)).await;
             Ok(Some(format!("v{k}")))
         }))
         .build()
@@ -288,16 +290,29 @@ async fn a_cancelled_lock_holder_releases_the_lock() {
         .unwrap();
     let r = tokio::time::timeout(Duration::from_millis(50), cache.get_or_load(&1)).await;
     assert!(r.is_err(), "the caller gave up");
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(1);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     while !lock.held.lock().is_empty() {
         assert!(tokio::time::Instant::now() < deadline, "the lock outlived its cancelled holder");
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
 }
 
-/// A tier whose reads take a while (to race an invalidation against them).
+/// A tier whose reads wait until the test lets them go (to race an invalidation against them
+/// in a fixed order, however slow the machine).
 #[derive(Clone)]
-struct SlowTier(MemoryTier);
+struct SlowTier(MemoryTier, Arc<tokio::sync::Notify>, Arc<tokio::sync::Semaphore>);
+
+impl SlowTier {
+    fn new(inner: MemoryTier) -> Self {
+        Self(inner, Arc::new(tokio::sync::Notify::new()), Arc::new(tokio::sync::Semaphore::new(0)))
+    }
+
+    /// Signals that a read is in flight, then waits to be let go.
+    async fn hold(&self) {
+        self.1.notify_one();
+        self.2.acquire().await.unwrap().forget();
+    }
+}
 
 #[async_trait]
 impl Tier for SlowTier {
@@ -305,11 +320,11 @@ impl Tier for SlowTier {
         "slow"
     }
     async fn get(&self, key: &Key) -> Result<Option<Bytes>, TierError> {
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        self.hold().await;
         self.0.get(key).await
     }
     async fn get_many(&self, keys: &[Key]) -> Result<Vec<Option<Bytes>>, TierError> {
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        self.hold().await;
         self.0.get_many(keys).await
     }
     async fn set(&self, key: &Key, entry: &StoredEntry) -> Result<(), TierError> {
@@ -326,7 +341,7 @@ impl Tier for SlowTier {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reads_racing_an_invalidation_do_not_write_the_old_value_back() {
     let l2 = MemoryTier::new("l2");
-    let l3 = SlowTier(MemoryTier::new("l3"));
+    let l3 = SlowTier::new(MemoryTier::new("l3"));
     let cache = Cache::<u64, String>::builder("race")
         .tier(Arc::new(l2.clone()))
         .tier(Arc::new(l3.clone()))
@@ -346,8 +361,9 @@ async fn reads_racing_an_invalidation_do_not_write_the_old_value_back() {
                 if batch { cache.get_many(&[1]).await.unwrap().remove(0) } else { cache.get(&1).await.unwrap() }
             })
         };
-        tokio::time::sleep(Duration::from_millis(30)).await;
-        cache.invalidate(&1).await.unwrap(); // while the read is in flight
+        l3.1.notified().await; // the read is in flight
+        cache.invalidate(&1).await.unwrap();
+        l3.2.add_permits(1);
         let _ = reader.await.unwrap();
         assert!(l2.raw(&skey).is_none(), "batch={batch}: the invalidated value was copied back into L2");
         assert!(

@@ -1,11 +1,12 @@
 //! Redis dies mid-run and comes back: callers see no error, the breaker opens, and the tier is
-//! used again after the restart without rebuilding the cache.
+//! used again after the restart without rebuilding the cache. Every wait is on a condition with
+//! a generous deadline: how fast a busy machine gets there is for the benches.
 #![allow(clippy::unwrap_used)]
 
 mod support;
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use strata_cache_core::{
@@ -17,7 +18,7 @@ use strata_cache_redis::{RedisConfig, RedisTier};
 async fn dbsize(url: &str) -> Option<i64> {
     let c = redis::Client::open(url).ok()?;
     let mut conn =
-        tokio::time::timeout(Duration::from_millis(200), c.get_multiplexed_async_connection()).await.ok()?.ok()?;
+        tokio::time::timeout(Duration::from_secs(10), c.get_multiplexed_async_connection()).await.ok()?.ok()?;
     redis::cmd("DBSIZE").query_async(&mut conn).await.ok()
 }
 
@@ -25,9 +26,10 @@ async fn dbsize(url: &str) -> Option<i64> {
 async fn redis_restart_mid_run() {
     let Some(mut server) = support::Server::start(0, false) else { return };
     let url = server.url();
-    let config = RedisConfig::standalone(&url)
-        .command_timeout(Duration::from_millis(100))
-        .connect_timeout(Duration::from_millis(100));
+    // Timeouts a starved redis-server or runtime cannot hit by accident: a dead server refuses
+    // connections at once, so the outage is seen without them.
+    let config =
+        RedisConfig::standalone(&url).command_timeout(Duration::from_secs(5)).connect_timeout(Duration::from_secs(5));
     let breaker = BreakerConfig {
         failure_rate_threshold: 0.5,
         minimum_calls: 5,
@@ -50,13 +52,14 @@ async fn redis_restart_mid_run() {
 
     let (ok, errors) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
     let started = Instant::now();
-    let run_for = Duration::from_millis(5_500);
+    // Traffic runs until the recovery has been seen (the breaker closes on successful probes).
+    let stop = Arc::new(AtomicBool::new(false));
     let driver = {
-        let (cache, ok, errors) = (cache.clone(), ok.clone(), errors.clone());
+        let (cache, ok, errors, stop) = (cache.clone(), ok.clone(), errors.clone(), stop.clone());
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_millis(1));
             let mut inflight = Vec::new();
-            while started.elapsed() < run_for {
+            while !stop.load(Ordering::Relaxed) {
                 tick.tick().await;
                 let (cache, ok, errors) = (cache.clone(), ok.clone(), errors.clone());
                 inflight.push(tokio::spawn(async move {
@@ -71,9 +74,13 @@ async fn redis_restart_mid_run() {
         })
     };
 
-    tokio::time::sleep(Duration::from_millis(1_000)).await;
+    // Mid-run: Redis holds a good part of the 300 ids before the fault.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while dbsize(&url).await.unwrap_or(0) < 100 {
+        assert!(Instant::now() < deadline, "tier not in use before the fault");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     assert_eq!(tier.state(), BreakerState::Closed);
-    assert!(dbsize(&url).await.unwrap() > 0, "tier in use before the fault");
     let port = server.port;
     let mut server = tokio::task::spawn_blocking(move || {
         server.shutdown();
@@ -82,13 +89,17 @@ async fn redis_restart_mid_run() {
     .await
     .unwrap();
     let killed_at = Instant::now();
-    let mut saw_open = false;
-    while killed_at.elapsed() < Duration::from_millis(1_200) {
-        saw_open |= tier.state() == BreakerState::Open;
+    let ok_at_kill = ok.load(Ordering::Relaxed);
+    while tier.state() != BreakerState::Open {
+        assert!(killed_at.elapsed() < Duration::from_secs(60), "breaker never opened while Redis was down");
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
-    assert!(saw_open, "breaker never opened while Redis was down");
     assert!(dbsize(&url).await.is_none(), "server on port {port} is down");
+    // Callers are served while Redis is down (and none of them gets an error: checked below).
+    while ok.load(Ordering::Relaxed) == ok_at_kill {
+        assert!(killed_at.elapsed() < Duration::from_secs(60), "no request answered while Redis was down");
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
 
     server = tokio::task::spawn_blocking(move || {
         server.restart();
@@ -98,7 +109,7 @@ async fn redis_restart_mid_run() {
     .unwrap();
     let restarted = Instant::now();
     let mut recovered = None;
-    while restarted.elapsed() < Duration::from_secs(3) {
+    while restarted.elapsed() < Duration::from_secs(60) {
         if tier.state() == BreakerState::Closed && dbsize(&url).await.unwrap_or(0) > 0 {
             recovered = Some(restarted.elapsed());
             break;
@@ -106,7 +117,12 @@ async fn redis_restart_mid_run() {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     let recovered = recovered.expect("tier not used again after restart");
-    assert!(recovered <= Duration::from_secs(2), "recovered after {recovered:?}");
+    // And traffic keeps flowing through it (still without a caller error) for a while.
+    while dbsize(&url).await.unwrap_or(0) < 100 {
+        assert!(restarted.elapsed() < Duration::from_secs(120), "Redis not refilled after the restart");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    stop.store(true, Ordering::Relaxed);
     driver.await.unwrap();
     let hits_before = stats.hits("redis");
     // Direct proof the same tier object serves again.
@@ -124,6 +140,5 @@ async fn redis_restart_mid_run() {
         errors.load(Ordering::Relaxed)
     );
     assert_eq!(errors.load(Ordering::Relaxed), 0, "errors returned to callers");
-    assert!(total >= 4_000, "load generator too slow: {total}");
     drop(server);
 }

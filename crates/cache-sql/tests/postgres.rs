@@ -38,14 +38,16 @@ async fn search_path_option_selects_the_fresh_schema() {
 async fn notify_from_another_connection_arrives() {
     let Some(env) = common::postgres().await else { return };
     let listener_db = env.connect().await;
-    let mut source = PgNotifySource::listen(&listener_db, &["strata_inval", "other"]).await.unwrap();
+    // Channels of this process only: another run against the same server must not interfere.
+    let (inval, other) = (format!("strata_inval_{}", std::process::id()), format!("other_{}", std::process::id()));
+    let mut source = PgNotifySource::listen(&listener_db, &[inval.as_str(), other.as_str()]).await.unwrap();
     let sender = env.connect().await;
-    sender.execute_unprepared("NOTIFY strata_inval, 'users:eu:42'").await.unwrap();
-    sender.execute_unprepared("SELECT pg_notify('other', 'tag:x|y''z')").await.unwrap();
-    let n = tokio::time::timeout(Duration::from_secs(5), source.recv()).await.unwrap().unwrap();
-    assert_eq!((n.channel.as_str(), n.payload.as_str()), ("strata_inval", "users:eu:42"));
-    let n = tokio::time::timeout(Duration::from_secs(5), source.recv()).await.unwrap().unwrap();
-    assert_eq!((n.channel.as_str(), n.payload.as_str()), ("other", "tag:x|y'z"));
+    sender.execute_unprepared(&format!("NOTIFY {inval}, 'users:eu:42'")).await.unwrap();
+    sender.execute_unprepared(&format!("SELECT pg_notify('{other}', 'tag:x|y''z')")).await.unwrap();
+    let n = tokio::time::timeout(Duration::from_secs(60), source.recv()).await.unwrap().unwrap();
+    assert_eq!((n.channel.as_str(), n.payload.as_str()), (inval.as_str(), "users:eu:42"));
+    let n = tokio::time::timeout(Duration::from_secs(60), source.recv()).await.unwrap().unwrap();
+    assert_eq!((n.channel.as_str(), n.payload.as_str()), (other.as_str(), "tag:x|y'z"));
 }
 
 #[tokio::test]

@@ -51,7 +51,7 @@
 //!
 //! One process per journal directory.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::panic::AssertUnwindSafe;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -739,10 +739,52 @@ where
         Ok(())
     }
 
+    /// Writes, ahead of its batch, the oldest acknowledged entry waiting behind the current
+    /// batch whose key the batch does not hold (so per-key order is kept: nothing older for that
+    /// key is unconfirmed), and puts it back in its place. Its success is evidence that the
+    /// source is up while one entry of the batch keeps failing alone. Returns whether the source
+    /// took it.
+    async fn probe_with_a_waiting_entry(&self, batch_keys: &HashSet<K>) -> bool {
+        let durable = self.journal.durable_seq();
+        let entry = {
+            let mut p = self.pending.lock();
+            let at = p.iter().take_while(|e| e.seq <= durable).position(|e| match &e.op {
+                Op::Put(k, _) | Op::Delete(k) => !batch_keys.contains(k),
+            });
+            at.and_then(|i| p.remove(i))
+        };
+        let Some(Pending { seq, op, held }) = entry else { return false };
+        let (ok, op) = match op {
+            Op::Put(k, v) => {
+                let items = [(k, v)];
+                let r = AssertUnwindSafe(self.writer.write_many(&items)).catch_unwind().await;
+                let [(k, v)] = items;
+                (matches!(r, Ok(Ok(()))), Op::Put(k, v))
+            }
+            Op::Delete(k) => {
+                let r = AssertUnwindSafe(self.writer.delete(&k)).catch_unwind().await;
+                (matches!(r, Ok(Ok(()))), Op::Delete(k))
+            }
+        };
+        let entry = Pending { seq, op, held };
+        // Back in sequence order: its own batch writes it again (idempotent), then anything
+        // newer for its key.
+        let mut p = self.pending.lock();
+        let at = p.iter().position(|e| e.seq > entry.seq).unwrap_or(p.len());
+        p.insert(at, entry);
+        drop(p);
+        if ok {
+            self.successes.fetch_add(1, Ordering::AcqRel);
+        }
+        ok
+    }
+
     /// Writes one lane of a batch: retries with backoff; a part that fails
     /// `max_attempts_before_split` times in a row is split in halves, and a single entry that
-    /// still fails is dead-lettered. Returns the number of dead-lettered entries.
-    async fn write_lane(&self, puts: Vec<(K, V)>, deletes: Vec<K>) -> usize {
+    /// still fails is dead-lettered once another write succeeded meanwhile (a waiting entry is
+    /// tried for that, see [`Self::probe_with_a_waiting_entry`]) or after `dead_letter_after`.
+    /// Returns the number of dead-lettered entries.
+    async fn write_lane(&self, puts: Vec<(K, V)>, deletes: Vec<K>, batch_keys: &HashSet<K>) -> usize {
         let budget = self.cfg.max_attempts_before_split.max(1);
         let mut dead = 0;
         // Parts to write (last = next) with the backoff step they carry: backoff keeps growing
@@ -791,11 +833,19 @@ where
                             "write-behind: batch part keeps failing; splitting it to isolate the failing entry"
                         );
                         let (a, b) = split_lane((puts, deletes));
-                        work.push((b, step, None));
-                        work.push((a, step, None));
+                        // The halves have been failing since the whole part did: a half that
+                        // succeeds is evidence against the other, whichever is written first.
+                        work.push((b, step, failing_since));
+                        work.push((a, step, failing_since));
                         break;
                     }
-                    let source_is_up = self.successes.load(Ordering::Acquire) > successes_then;
+                    let mut source_is_up = self.successes.load(Ordering::Acquire) > successes_then;
+                    if !source_is_up && work.is_empty() && entries == 1 {
+                        // Alone: the writes queued behind the batch tell an outage from a
+                        // poison entry (without them it would hold the pipeline until
+                        // dead_letter_after).
+                        source_is_up = self.probe_with_a_waiting_entry(batch_keys).await;
+                    }
                     if !source_is_up && since.elapsed() < self.cfg.dead_letter_after {
                         if !work.is_empty() {
                             // Let the other parts go first: their success (or failure) tells an
@@ -858,6 +908,7 @@ where
         }
         // Split into lanes by key: lanes hold disjoint keys, so they may be written
         // concurrently; the next batch starts only when every lane is in the source.
+        let batch_keys: HashSet<K> = latest.keys().cloned().collect();
         let lanes = self.cfg.flush_concurrency.min(latest.len()).max(1);
         let mut parts: Vec<Lane<K, V>> = (0..lanes).map(|_| (Vec::new(), Vec::new())).collect();
         for (i, (_, op)) in latest.into_iter().enumerate() {
@@ -867,7 +918,7 @@ where
                 Op::Delete(k) => part.1.push(k),
             }
         }
-        join_all(parts.into_iter().map(|(puts, deletes)| self.write_lane(puts, deletes))).await;
+        join_all(parts.into_iter().map(|(puts, deletes)| self.write_lane(puts, deletes, &batch_keys))).await;
         self.batches.fetch_add(1, Ordering::Relaxed);
         self.flushed.fetch_add(n as u64, Ordering::Relaxed);
         self.backlog.fetch_sub(n, Ordering::AcqRel);

@@ -104,8 +104,9 @@ fn crash_child() {
                 })
             })
             .collect();
-        // Safety net: never outlive a parent that forgot to kill us.
-        tokio::time::sleep(Duration::from_secs(60)).await;
+        // Safety net: never outlive a parent that forgot to kill us (long enough for the
+        // parent's largest round on a loaded machine).
+        tokio::time::sleep(Duration::from_secs(600)).await;
         drop(tasks);
     });
 }
@@ -182,7 +183,7 @@ fn run_round(round: usize, kill_after: usize, sync: &str, encrypt: bool) -> (usi
         let writer = FileWriter::open(&source_path(dir.path()), Duration::ZERO);
         let config = wb_config(dir.path(), SyncPolicy::Always, codecs);
         let (wb, report) = WriteBehind::open(cache, writer as Arc<dyn Writer<u64, String>>, config).await.unwrap();
-        tokio::time::timeout(Duration::from_secs(30), wb.shutdown()).await.unwrap().unwrap();
+        tokio::time::timeout(Duration::from_secs(60), wb.shutdown()).await.unwrap().unwrap();
         report
     });
     let source = FileWriter::read(&source_path(dir.path()));

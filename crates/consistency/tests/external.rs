@@ -11,7 +11,9 @@ async fn users() -> Cache<u64, String> {
 }
 
 async fn wait_for(h: &strata_consistency::ExternalInvalidatorHandle, received: u64) {
-    for _ in 0..200 {
+    // A generous deadline: the adapter's speed on a loaded machine is not what is tested.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while tokio::time::Instant::now() < deadline {
         if h.counts().received + h.counts().source_errors >= received {
             return;
         }
@@ -74,7 +76,7 @@ async fn key_and_tag_messages_invalidate_and_bad_ones_are_counted() {
 
     // The source ending ends the task.
     drop(tx);
-    let final_counts = tokio::time::timeout(Duration::from_secs(5), handle.join()).await.unwrap();
+    let final_counts = tokio::time::timeout(Duration::from_secs(60), handle.join()).await.unwrap();
     assert_eq!(final_counts.applied, 3);
 }
 
@@ -135,9 +137,12 @@ async fn broadcast_sources_are_not_republished_unless_asked() {
     // Republish: the peer hears it over the bus.
     let loud = InvalidationRegistry::new().with_cache(&here).republish(true);
     loud.apply(br#"{"cache":"fleet","key":"2"}"#).await.unwrap();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(1);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     while resident(&peer, 2) {
         assert!(tokio::time::Instant::now() < deadline, "republished invalidation did not reach the peer");
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
+    // The bus delivers in order: had key 1 been republished, the peer would have dropped it
+    // before key 2 (so this holds however slowly the bus ran).
+    assert!(resident(&peer, 1), "a broadcast source is not republished");
 }

@@ -19,7 +19,7 @@ mod otlp {
         let (tx, rx) = mpsc::channel();
         std::thread::spawn(move || {
             let (mut stream, _) = listener.accept().unwrap();
-            stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+            stream.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
             let mut reader = BufReader::new(stream.try_clone().unwrap());
             let mut head = Vec::new();
             let mut len = 0usize;
@@ -51,7 +51,7 @@ mod otlp {
             let _e = span.enter();
         });
         pipeline.flush().unwrap();
-        let (head, body) = rx.recv_timeout(Duration::from_secs(20)).unwrap();
+        let (head, body) = rx.recv_timeout(Duration::from_secs(60)).unwrap();
         assert!(head[0].starts_with("POST /v1/traces "), "{head:?}");
         assert!(head.iter().any(|h| h.eq_ignore_ascii_case("content-type: application/x-protobuf")), "{head:?}");
         // The protobuf payload carries the span name and service name as strings.

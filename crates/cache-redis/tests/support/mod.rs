@@ -102,7 +102,7 @@ impl Server {
         self.child = Some(c.spawn().unwrap());
         let port = self.port;
         assert!(
-            wait_until(Duration::from_secs(5), || raw_cmd(port, "PING").is_some_and(|r| r.contains("PONG"))),
+            wait_until(Duration::from_secs(60), || raw_cmd(port, "PING").is_some_and(|r| r.contains("PONG"))),
             "redis-server on port {port} did not start"
         );
     }
@@ -218,7 +218,7 @@ pub fn throwaway_cluster() -> Option<Cluster> {
     assert!(out.status.success(), "cluster create failed: {}", String::from_utf8_lossy(&out.stdout));
     let ports: Vec<u16> = servers.iter().map(|s| s.port).collect();
     assert!(
-        wait_until(Duration::from_secs(10), || ports
+        wait_until(Duration::from_secs(60), || ports
             .iter()
             .all(|p| raw_cmd(*p, "CLUSTER INFO").is_some_and(|r| r.contains("cluster_state:ok")))),
         "cluster did not reach cluster_state:ok"
