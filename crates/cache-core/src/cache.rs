@@ -20,7 +20,7 @@ use crate::codec::{Codec, CodecContext, CodecPipeline};
 use crate::error::{BoxError, CacheError, ConfigError, FrameError, SerializeError, TierError, TierErrorKind};
 use crate::expiry::{new_meta, should_refresh_early};
 use crate::frame::{self, Frame};
-use crate::freshness::{DEFAULT_FLOOR_CAPACITY, FreshnessFloor};
+use crate::freshness::{DEFAULT_FLOOR_CAPACITY, FreshnessFloor, MAX_CLOCK_SKEW};
 use crate::key::{CacheKey, Key, Namespace, validate_name};
 use crate::l1::{L1Cache, L1Config};
 use crate::lock::{LoadLock, LockOptions};
@@ -106,6 +106,8 @@ struct Inner<K, V> {
     instance: InstanceId,
     max_value_bytes: usize,
     seq: AtomicU64,
+    /// Whether a failed publish was already logged at warn level (reset by a success).
+    publish_warned: std::sync::atomic::AtomicBool,
     lock: Option<(Arc<dyn LoadLock>, LockOptions)>,
     key_hasher: Option<KeyIdHasher>,
     /// When each `(namespace, tag)` was last invalidated: older entries carrying it are misses.
@@ -430,6 +432,7 @@ where
             instance: InstanceId::random(),
             max_value_bytes: self.max_value_bytes,
             seq: AtomicU64::new(0),
+            publish_warned: std::sync::atomic::AtomicBool::new(false),
             lock: self.lock,
             key_hasher: self.key_hasher,
             tag_times: RwLock::new(HashMap::new()),
@@ -1105,7 +1108,7 @@ where
                 Some(list) => {
                     for ns in list {
                         match tier.invalidate_namespace(&self.name, ns.as_str()).await {
-                            Ok(_) => {}
+                            Ok(_) => self.publish(&ns, InvalidationTarget::Namespace).await,
                             Err(e) if e.kind() == TierErrorKind::Unsupported => {
                                 horizon = Some(self.clock.now());
                                 break;
@@ -1118,35 +1121,64 @@ where
             }
             rec.overflow_done(stamp, horizon);
         }
-        // One key alone first: a tier still down costs one failed call per round, not 64.
+        // One key alone first: a tier still down costs one failed call per round, not 64. After
+        // the probe, a failing chunk (one bad key, one master still down on a cluster) does not
+        // hold back the others: every chunk and tag is tried, the first error is returned.
         let (probe, rest) = work.keys.split_at(work.keys.len().min(1));
-        for chunk in std::iter::once(probe).chain(rest.chunks(64)) {
+        let mut first_error = None;
+        for (i, chunk) in std::iter::once(probe).chain(rest.chunks(64)).enumerate() {
             let results = join_all(chunk.iter().map(|(k, _)| tier.delete(k))).await;
             let mut failed = None;
             for ((k, stamp), r) in chunk.iter().zip(results) {
                 match r {
-                    Ok(()) => rec.key_done(k, *stamp),
+                    Ok(()) => {
+                        rec.key_done(k, *stamp);
+                        // Other instances may have refilled their L1 from the tier's older copy
+                        // between its return and this delete: tell them again, now that the
+                        // tier holds nothing older (the bus deduplicates).
+                        self.publish(k.namespace(), InvalidationTarget::Key(k.id().to_owned())).await;
+                    }
                     Err(e) => {
                         failed.get_or_insert(e);
                     }
                 }
             }
             if let Some(e) = failed {
-                return Err(e);
+                if i == 0 {
+                    return Err(e);
+                }
+                first_error.get_or_insert(e);
             }
         }
         for (ns, tag, stamp) in work.tags {
             match tier.invalidate_tag(&self.name, ns.as_str(), &tag).await {
-                Ok(_) => rec.tag_done(&ns, &tag, stamp),
+                Ok(_) => {
+                    rec.tag_done(&ns, &tag, stamp);
+                    self.publish(&ns, InvalidationTarget::Tag(tag.clone())).await;
+                }
                 Err(e) if e.kind() == TierErrorKind::Unsupported => rec.tag_done(&ns, &tag, stamp),
-                Err(e) => return Err(e),
+                Err(e) => {
+                    first_error.get_or_insert(e);
+                }
             }
         }
-        Ok(())
+        first_error.map_or(Ok(()), Err)
     }
 
+    /// A version for a write at `now`: the clock in milliseconds, shifted to leave room for
+    /// 65,536 writes per millisecond, and strictly above every version this process issued
+    /// before (a clock stepped back, or a burst past 65,536 per millisecond, never yields a
+    /// version below the floor of this process's own earlier writes).
     fn next_version(&self, now: Timestamp) -> u64 {
-        (now.0 << 16) | (self.seq.fetch_add(1, Ordering::Relaxed) & 0xffff)
+        let base = now.0.saturating_mul(1 << 16);
+        let mut prev = self.seq.load(Ordering::Relaxed);
+        loop {
+            let next = base.max(prev.saturating_add(1));
+            match self.seq.compare_exchange_weak(prev, next, Ordering::AcqRel, Ordering::Relaxed) {
+                Ok(_) => return next,
+                Err(p) => prev = p,
+            }
+        }
     }
 
     fn weight(&self, key: &K, value: Option<&V>, frame_len: Option<usize>) -> u64 {
@@ -1589,7 +1621,15 @@ where
         };
         if let Err(error) = bus.publish(&msg).await {
             self.observers.emit(&CacheEvent::BusError { cache: &self.name, error: &error });
-            tracing::warn!(cache = %self.name, %error, "invalidation not published");
+            // Throttled: during an outage every write fails to publish (the error is counted
+            // through the observer either way).
+            if self.publish_warned.swap(true, Ordering::Relaxed) {
+                tracing::debug!(cache = %self.name, %error, "invalidation not published");
+            } else {
+                tracing::warn!(cache = %self.name, %error, "invalidation not published (further failures at debug level until one succeeds)");
+            }
+        } else {
+            self.publish_warned.store(false, Ordering::Relaxed);
         }
     }
 
@@ -1609,9 +1649,12 @@ where
                 if let (InvalidationTarget::Key(id), Some(ns)) = (&m.target, &ns)
                     && let Ok(k) = Key::with_cache(self.name.clone(), ns.clone(), id)
                 {
-                    // Another instance wrote this key: its version, not ours, is the newest now
-                    // (and clocks may differ), so our floor would only refuse its write.
-                    self.floor.forget(&k);
+                    // Another instance wrote this key; its clock may be behind ours, so the floor
+                    // is lowered to what we saw up to `MAX_CLOCK_SKEW` ago — never forgotten: an
+                    // unauthenticated bus message must not switch rollback detection off (frames
+                    // older than that stay refused).
+                    let horizon = Timestamp(self.clock.now().0.saturating_sub(MAX_CLOCK_SKEW.as_millis() as u64));
+                    self.floor.lower_to(&k, horizon.0.saturating_mul(1 << 16));
                 }
                 let Some(l1) = &self.l1 else { return };
                 match (m.target, ns) {

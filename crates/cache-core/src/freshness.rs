@@ -18,8 +18,10 @@
 //!   upper tier's hit against the last tier (the SQL tier, which keeps the highest version).
 //! - Versions order writes by the writers' clocks, like the SQL tier's last-writer-wins upsert:
 //!   clocks must be roughly in sync. When another instance announces a write of a key (a bus
-//!   invalidation), this process forgets its floor for that key rather than risk refusing that
-//!   newer write because of clock skew.
+//!   invalidation), this process lowers its floor for that key to what it saw up to
+//!   [`MAX_CLOCK_SKEW`] ago, so that a writer whose clock is behind is not refused, while a bus
+//!   message (unauthenticated) cannot switch the check off: older frames stay refused. A
+//!   genuine frame written within that window can still be put back undetected.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -27,6 +29,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use quick_cache::sync::Cache as QcCache;
 
 use crate::key::Key;
+
+/// How far behind this process's clock another writer's clock may be: a bus invalidation lowers
+/// a key's floor to this far in the past, never further.
+pub const MAX_CLOCK_SKEW: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// The default number of keys whose floor is remembered.
 pub const DEFAULT_FLOOR_CAPACITY: usize = 100_000;
@@ -57,10 +63,11 @@ impl FreshnessFloor {
         slot.fetch_max(version, Ordering::AcqRel);
     }
 
-    /// Forgets the floor of `key`.
-    pub(crate) fn forget(&self, key: &Key) {
-        if let Some(map) = &self.map {
-            map.remove(key);
+    /// Lowers the floor of `key` to at most `version` (when it is higher; an unknown key stays
+    /// unknown).
+    pub(crate) fn lower_to(&self, key: &Key, version: u64) {
+        if let Some(slot) = self.map.as_ref().and_then(|m| m.get(key)) {
+            slot.fetch_min(version, Ordering::AcqRel);
         }
     }
 
@@ -91,8 +98,12 @@ mod tests {
         assert!(f.admits(&a, 10), "the frame this process wrote itself");
         assert!(f.admits(&a, u64::MAX));
         assert!(f.admits(&b, 0), "other keys are unaffected");
-        f.forget(&a);
-        assert!(f.admits(&a, 0));
+        f.lower_to(&a, 7);
+        assert!(f.admits(&a, 7) && !f.admits(&a, 6), "lowered, not forgotten");
+        f.lower_to(&a, 100);
+        assert!(!f.admits(&a, 8), "lower_to never raises");
+        f.lower_to(&b, 3);
+        assert!(f.admits(&b, 0), "an unknown key stays unknown");
     }
 
     #[test]

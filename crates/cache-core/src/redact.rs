@@ -64,10 +64,12 @@ pub fn redact_url(url: &str) -> String {
         let (authority, tail) = rest.split_at(end);
         if authority.split(',').all(is_host_port) {
             out.push_str(authority);
+            push_without_query(&mut out, tail);
         } else {
+            // A password written without its `@` may go on past a `/` (`app:pa/ss`): hide the
+            // rest as well.
             out.push_str(HIDDEN);
         }
-        push_without_query(&mut out, tail);
     }
     out
 }
@@ -218,7 +220,14 @@ fn is_host_port(a: &str) -> bool {
         let (host, port) = a.split_once(':').unwrap_or((a, ""));
         (host.chars().all(|c| c.is_alphanumeric() || matches!(c, '-' | '.' | '_' | '%')), port)
     };
-    host_ok && port.bytes().all(|b| b.is_ascii_digit())
+    // A port is 1 to 5 digits, at most 65535, after a non-empty host: `app:123456` or `:1234`
+    // may be a user and a digits-only password.
+    let port_ok = port.is_empty()
+        || (!a.starts_with(':')
+            && port.len() <= 5
+            && port.bytes().all(|b| b.is_ascii_digit())
+            && port.parse::<u32>().is_ok_and(|p| p <= 65_535));
+    host_ok && port_ok
 }
 
 /// `%XX` sequences decoded (invalid ones kept as they are; invalid UTF-8 replaced).
@@ -278,6 +287,14 @@ mod tests {
         ("redis://[::1]:6379", &[], "redis://[::1]:6379"),
         ("redis://[::1:SeCrEt1", &["SeCrEt1"], "redis://***"),
         ("redis://[::1]SeCrEt1", &["SeCrEt1"], "redis://***"),
+        // A user and a digits-only password without `@` look like `host:port`: a port is at
+        // most 65535 after a non-empty host; a password with `/` hides everything after it.
+        ("mysql://app:123456/x", &["123456"], "mysql://***"),
+        ("redis://:12345678/0", &["12345678"], "redis://***"),
+        ("redis://:6379/0", &["6379"], "redis://***"),
+        ("postgres://app:pa/ssSECRET", &["ssSECRET", "pa/"], "postgres://***"),
+        ("redis://cache:65535/0", &[], "redis://cache:65535/0"),
+        ("redis://cache:65536/0", &["65536"], "redis://***"),
         ("mysql://app:SeCrEt1/x", &["SeCrEt1"], "mysql://***/x"),
         ("mysql://app:SeCrEt1", &["SeCrEt1"], "mysql://***"),
         ("postgres:app:SeCrEt1@db/x", &["SeCrEt1"], "postgres:***@db/x"),

@@ -149,6 +149,13 @@ fn read_line<K: DeserializeOwned, V: DeserializeOwned>(
         let value = vb.map(postcard::from_bytes).transpose().map_err(|e| postcard_err("value", e))?;
         return Ok(DeadLetter { key, value, unix_ms });
     }
+    if sealer.requires_seal() {
+        // As the journal refuses plaintext records: a plaintext line in an encrypting cache's
+        // file is from an older version or planted; it is not handed back as genuine.
+        return Err("a plaintext line in the dead-letter file of a cache that encrypts (written by an older \
+                    version, or planted): not read back; inspect or move the file aside"
+            .to_owned());
+    }
     let kb = field("key_postcard_hex")?.ok_or("no key_postcard_hex")?;
     let key = postcard::from_bytes(&kb).map_err(|e| postcard_err("key", e))?;
     let value = match j.get("op").and_then(serde_json::Value::as_str) {

@@ -308,6 +308,10 @@ struct Shared<K, V> {
     dead_lettered: AtomicU64,
     /// Successful source writes (evidence that the source is up when one entry keeps failing).
     successes: AtomicU64,
+    /// One probe at a time (`probe_with_a_waiting_entry`): two lanes probing at once could pick
+    /// two waiting entries of one key (the first is out of `pending` while it is written) and
+    /// write them concurrently, out of order.
+    probe: tokio::sync::Mutex<()>,
     confirmed: watch::Sender<u64>,
     closing: AtomicBool,
     stripes: Stripes,
@@ -447,6 +451,7 @@ where
             batches: AtomicU64::new(0),
             dead_lettered: AtomicU64::new(0),
             successes: AtomicU64::new(0),
+            probe: tokio::sync::Mutex::new(()),
             confirmed: watch::Sender::new(confirmed),
             closing: AtomicBool::new(false),
             stripes: Stripes::new(),
@@ -745,6 +750,7 @@ where
     /// source is up while one entry of the batch keeps failing alone. Returns whether the source
     /// took it.
     async fn probe_with_a_waiting_entry(&self, batch_keys: &HashSet<K>) -> bool {
+        let _one_at_a_time = self.probe.lock().await;
         let durable = self.journal.durable_seq();
         let entry = {
             let mut p = self.pending.lock();

@@ -243,6 +243,15 @@ async fn encrypted_journal_directory_holds_no_plaintext_pii() {
     assert!(!err.to_string().contains("alice"), "{err}");
     std::fs::write(&path, &line).unwrap();
     assert_eq!(wb.dead_letters().await.unwrap().len(), 1);
+    // A plaintext line planted after the genuine one (the form caches without codecs write) is
+    // not handed back as genuine by an encrypting cache.
+    let planted = format!(
+        "{}{{\"cache\":\"people\",\"op\":\"delete\",\"key_postcard_hex\":\"016b\",\"unix_ms\":1}}\n",
+        line.trim_end_matches('\n').to_owned() + "\n"
+    );
+    std::fs::write(&path, planted).unwrap();
+    let err = wb.dead_letters().await.unwrap_err();
+    assert!(matches!(err, ConsistencyError::DeadLetterUnreadable { line: 2, .. }), "{err:?}");
 }
 
 #[tokio::test]
@@ -583,4 +592,41 @@ async fn a_compressing_cache_needs_its_codec_in_the_journal_which_then_compresse
     tokio::time::timeout(Duration::from_secs(60), wb.flush()).await.unwrap().unwrap();
     assert_eq!(rows.get(&key(1)), Some(value(1)));
     assert_eq!(rows.get(&key(2)), Some(long));
+}
+
+/// A forged or damaged sequence number at the top of the range (the CRC has no key: anyone who
+/// can write the directory can plant one) would wrap the journal's counter: new writes numbered
+/// below the checkpoint, acknowledged before they are durable, never replayed. Refused as
+/// corrupt, for a checkpoint and for a data record, at 2^63 and at u64::MAX; just below the
+/// limit is accepted.
+#[tokio::test]
+async fn a_sequence_number_at_the_top_of_the_range_is_refused_as_corrupt() {
+    for (forged, refused) in [
+        (Record::Checkpoint { confirmed: u64::MAX }, true),
+        (Record::Checkpoint { confirmed: 1 << 63 }, true),
+        (Record::Delete { seq: u64::MAX, key: &[1, b'k'] }, true),
+        (Record::Delete { seq: 1 << 63, key: &[1, b'k'] }, true),
+        (Record::Checkpoint { confirmed: (1 << 63) - 2 }, false),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let journal = dir.path().join("journal");
+        std::fs::create_dir_all(&journal).unwrap();
+        let mut seg = SEGMENT_MAGIC.to_vec();
+        Record::Checkpoint { confirmed: 0 }.encode_into(&mut seg).unwrap();
+        forged.encode_into(&mut seg).unwrap();
+        std::fs::write(journal.join(format!("{:020}.wal", 1)), &seg).unwrap();
+        let writer = Rows::new();
+        let cfg = WriteBehindConfig::new(journal.clone()).segment_bytes(4096);
+        let opened = WriteBehind::open(cache(None).await, writer as Arc<dyn Writer<String, String>>, cfg).await;
+        if refused {
+            assert!(
+                matches!(opened, Err(ConsistencyError::JournalCorrupt { .. })),
+                "{forged:?}: {:?}",
+                opened.map(|_| ())
+            );
+        } else {
+            let (wb, _) = opened.unwrap_or_else(|e| panic!("{forged:?}: {e}"));
+            wb.shutdown().await.unwrap();
+        }
+    }
 }

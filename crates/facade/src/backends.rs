@@ -113,11 +113,7 @@ pub(crate) async fn connect(
             let tier: Arc<dyn Tier> = if tier.is_cluster() {
                 Arc::new(tier.with_observer(observer.clone())?)
             } else {
-                Arc::new(strata_cache_core::BreakerTier::with_observer(
-                    tier,
-                    BreakerConfig::default(),
-                    observer.clone(),
-                )?)
+                Arc::new(strata_cache_core::BreakerTier::with_observer(tier, rc.breaker.clone(), observer.clone())?)
             };
             let desc = match &r.url {
                 Some(u) => format!("redis standalone {}", redact(u)),

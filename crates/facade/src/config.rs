@@ -543,7 +543,7 @@ fn toml_syntax_error(text: &str, e: &toml::de::Error) -> ConfigError {
     }
     match e.span() {
         Some(span) => {
-            let before = &text[..span.start.min(text.len())];
+            let before = text.get(..span.start).unwrap_or(text);
             let line = before.matches('\n').count() + 1;
             let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
             let message = redact_urls(&message);

@@ -239,6 +239,62 @@ async fn an_overflowed_recovery_bound_still_serves_no_old_value() {
     outage_then_aof_restart(During::SetOverflow).await;
 }
 
+/// The window before the writer's replay: another instance that reads the restored Redis before
+/// the writer has replayed its backlog refills its L1 with the AOF's older value. The writer's
+/// replay must reach it (it publishes each replayed key again), or it serves that value until its
+/// TTL. The replay is driven by hand (`recover_now`, the background retry set to an hour) so that
+/// the reader's refill surely comes first.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_instance_that_read_the_restored_redis_before_the_replay_drops_what_it_read() {
+    let Some(mut redis) = AofRedis::start() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("l3.db");
+    let url = redis.url();
+    let b_stats = CacheStats::new();
+    let (ra, rb) = (runtime(&url, &db, &CacheStats::new()).await, runtime(&url, &db, &b_stats).await);
+    let a = ra.cache::<u64, String>("items").recovery_retry(Duration::from_secs(3600)).build().await.unwrap();
+    let b = rb.cache::<u64, String>("items").build().await.unwrap();
+    for i in 0..N {
+        a.set(i, v1(i)).await.unwrap();
+    }
+    let old: Vec<Option<String>> = (0..N).map(|i| Some(v1(i))).collect();
+    assert_eq!(all_read(&b).await, old);
+
+    redis.kill();
+    for i in 0..N {
+        a.set(i, v2(i)).await.unwrap();
+    }
+    assert_eq!(a.pending_recovery()[0].pending, N as usize);
+    let resyncs_before = b_stats.resyncs();
+    redis.spawn().unwrap();
+    // b's bus reconnects and resyncs (its L1 is cleared); only then does it read, so what it
+    // reads next comes from the restored Redis: the AOF's v1 (the documented window).
+    let deadline = Instant::now() + DEADLINE;
+    while b_stats.resyncs() == resyncs_before {
+        assert!(Instant::now() < deadline, "b's bus never resynced after the restart");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(all_read(&b).await, old, "before the writer's replay b reads the restored values");
+
+    // The writer replays (its breaker may still be open for a while: retry until done).
+    let deadline = Instant::now() + DEADLINE;
+    while !a.recover_now().await {
+        assert!(Instant::now() < deadline, "not recovered: {:?}", a.pending_recovery());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Without clear_l1: b drops what it read in the window and reads v2.
+    let want: Vec<Option<String>> = (0..N).map(|i| Some(v2(i))).collect();
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        let got = all_read(&b).await;
+        if got == want {
+            break;
+        }
+        assert!(Instant::now() < deadline, "b keeps serving what it read before the replay: {got:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// Rollback with real AES-256-GCM frames in a real Redis over SQLite: the older genuine
 /// ciphertext of a key put back into Redis decrypts fine but is refused by the writer (floor)
 /// and by a cold process in strict mode; a cold process without strict mode cannot tell (the

@@ -69,6 +69,10 @@ pub enum SyncPolicy {
 
 /// Where a torn tail was cut off during replay.
 #[derive(Debug, Clone, PartialEq, Eq)]
+
+/// Sequence numbers and checkpoints at or past this are refused as corrupt (see `open`).
+const SEQ_LIMIT: u64 = 1 << 63;
+
 pub struct TornTail {
     /// The segment file.
     pub segment: PathBuf,
@@ -307,6 +311,16 @@ impl Journal {
         let active_id = ids.last().map_or(1, |id| id + 1);
         let (active, active_len) = create_segment(dir, active_id, checkpoint, sealed)?;
         segments.insert(active_id, 0);
+        // Sequence numbers count writes from 1: nothing real comes near 2^63. A record or a
+        // checkpoint past it is forged or damaged (the CRC has no key), and trusting it would
+        // wrap the counter (new writes numbered below the checkpoint, never replayed).
+        if max_seq.max(checkpoint) >= SEQ_LIMIT {
+            return Err(ConsistencyError::JournalCorrupt {
+                segment: dir.to_path_buf(),
+                offset: 0,
+                reason: RecordError::Malformed("a sequence number or checkpoint at or past 2^63"),
+            });
+        }
         let next_seq = max_seq.max(checkpoint) + 1;
         let inner = Arc::new(Inner {
             dir: dir.to_path_buf(),

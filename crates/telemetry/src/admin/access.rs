@@ -411,6 +411,17 @@ impl Access {
     }
 }
 
+impl Access {
+    /// Whether the connection closes after answering `req` (which passed [`Access::check`]):
+    /// when a token is configured, a request that did not present it (a public page) gets no
+    /// keep-alive, so that a client without the token cannot hold a connection slot.
+    pub(crate) fn closes_after<B>(&self, req: &Request<B>) -> bool {
+        let Some(token) = &self.token else { return false };
+        let presented = single(req.headers(), &header::AUTHORIZATION).and_then(|v| bearer(v.as_bytes()));
+        !presented.is_some_and(|p| token.matches(p))
+    }
+}
+
 /// The dashboard page is static HTML (no data): it loads without a token so that it can ask
 /// for one.
 fn is_public_page(path: &str) -> bool {

@@ -126,8 +126,10 @@ async fn serve_connection(stream: TcpStream, shared: Arc<Shared>, _permit: Owned
         let shared = Arc::clone(&conn_shared);
         let n = served.fetch_add(1, Ordering::Relaxed) + 1;
         async move {
+            let mut close = n >= shared.max_requests;
             let mut response: Response<Body> = match shared.access.check(&req) {
                 Ok(()) => {
+                    close |= shared.access.closes_after(&req);
                     let mut app = shared.app.clone();
                     match tower_service::Service::call(&mut app, req).await {
                         Ok(r) => r,
@@ -136,7 +138,7 @@ async fn serve_connection(stream: TcpStream, shared: Arc<Shared>, _permit: Owned
                 }
                 Err(refusal) => refusal.response(),
             };
-            if n >= shared.max_requests {
+            if close {
                 response.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
             }
             Ok::<_, Infallible>(response)
