@@ -300,11 +300,12 @@ async fn a_configured_token_guards_every_data_route() {
     for path in ["/dashboard", "/"] {
         let r = once(addr, &get_req(path, &host, "")).await;
         assert_eq!(r.status, 200);
+        let closes = r.header("connection") == Some("close");
         let page = String::from_utf8(r.body).unwrap();
         assert!(page.contains("\"Authorization\": \"Bearer \" + token") && page.contains("sessionStorage"));
         // Without the token no keep-alive: a client that cannot authenticate cannot hold one of
         // the connection slots by re-fetching the public page.
-        assert_eq!(r.header("connection"), Some("close"), "{path} without the token");
+        assert!(closes, "{path} without the token keeps the connection open");
         let r = once(addr, &get_req(path, &host, &format!("Authorization: Bearer {TOKEN}\r\n"))).await;
         assert_eq!(r.status, 200);
         assert_eq!(r.header("connection"), None, "{path} with the token stays open");

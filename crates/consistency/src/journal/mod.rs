@@ -67,12 +67,11 @@ pub enum SyncPolicy {
     Never,
 }
 
-/// Where a torn tail was cut off during replay.
-#[derive(Debug, Clone, PartialEq, Eq)]
-
 /// Sequence numbers and checkpoints at or past this are refused as corrupt (see `open`).
 const SEQ_LIMIT: u64 = 1 << 63;
 
+/// Where a torn tail was cut off during replay.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TornTail {
     /// The segment file.
     pub segment: PathBuf,
