@@ -469,6 +469,8 @@ mod tests {
         ]
     }
 
+    type Held = (u64, Vec<(usize, u64)>, bool);
+
     proptest! {
         /// Arbitrary charges (when they fit), refunds (of held and unheld ids) and victim marks:
         /// the counters always equal a model recomputed from the charges still held, and the
@@ -476,7 +478,8 @@ mod tests {
         #[test]
         fn counters_match_a_model(ops in prop::collection::vec(op(), 1..60)) {
             let mut l = Ledger::new(vec![12, 8, 5], [(Arc::from("a"), 2)]);
-            let mut model: Vec<(u64, Vec<(usize, u64)>, bool)> = Vec::new();
+            // (id, requests, marked as a victim) of each charge still held.
+            let mut model: Vec<Held> = Vec::new();
             let mut next = 1u64;
             for op in ops {
                 match op {
