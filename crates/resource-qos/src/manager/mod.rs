@@ -74,6 +74,8 @@ struct State {
     shutdown: bool,
 }
 
+/// What the manager, its clones and every handle share: settings fixed at build and the state
+/// behind one lock.
 struct Inner {
     me: Weak<Inner>,
     capacity: Vec<u64>,
@@ -243,6 +245,7 @@ impl Inner {
         self.kinds.binary_search(kind).ok()
     }
 
+    /// Utilization events after an admission or release (when observed).
     fn utilization(&self, st: &State, fx: &mut Effects) {
         if self.observe && fx.touched {
             for (i, k) in self.kinds.iter().enumerate() {
@@ -296,6 +299,7 @@ impl Inner {
         err
     }
 
+    /// Performs the side effects collected under the lock (call it after releasing the lock).
     fn emit(&self, fx: Effects) {
         let Effects { events, audits, dropped, .. } = fx;
         drop(dropped);
@@ -307,6 +311,7 @@ impl Inner {
         }
     }
 
+    /// Kind indices back to a [`ResourceList`].
     fn to_list(&self, v: &[(usize, u64)]) -> ResourceList {
         v.iter().map(|&(k, q)| (self.kinds[k].clone(), q)).collect()
     }
