@@ -381,3 +381,85 @@ fn outcome_of(e: &QosError) -> &'static str {
         _ => "error",
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use std::time::Duration;
+
+    use crate::{
+        AllocationRequest, NamespacePolicy, PriorityClass, QosError, ResourceKind, ResourceList, ResourceManager,
+        ResourceQuota,
+    };
+
+    fn check(m: &ResourceManager) {
+        let st = m.inner.state.lock();
+        st.ledger.assert_consistent();
+        st.queue.assert_consistent();
+    }
+
+    /// The ledger and the queue stay equal to their records through admission, preemption,
+    /// waiting, draining, refusals and shutdown.
+    #[tokio::test(start_paused = true)]
+    async fn ledger_and_queue_stay_consistent_through_the_pipeline() {
+        let quota = ResourceQuota {
+            name: "q".into(),
+            hard_requests: ResourceList::new().cpu_millis(3_000),
+            hard_limits: ResourceList::new(),
+            scope: Default::default(),
+        };
+        let m = ResourceManager::builder()
+            .capacity(ResourceKind::Cpu, 4_000)
+            .capacity(ResourceKind::Gpu, 2)
+            .priority_class(PriorityClass::new("low", 0).global_default())
+            .priority_class(PriorityClass::new("high", 100))
+            .namespace("a", NamespacePolicy { limit_range: None, quotas: vec![quota] })
+            .grace_period(Duration::from_secs(60))
+            .build()
+            .unwrap();
+        let low = m
+            .try_allocate(
+                AllocationRequest::new("a", "p").request(ResourceKind::Cpu, 3_000).request(ResourceKind::Gpu, 1),
+            )
+            .unwrap();
+        check(&m);
+        let refused = m.try_allocate(AllocationRequest::new("a", "p").request(ResourceKind::Cpu, 500));
+        assert!(matches!(refused, Err(QosError::QuotaExceeded { .. })), "{refused:?}");
+        check(&m);
+
+        let m2 = m.clone();
+        let high = tokio::spawn(async move {
+            m2.allocate(AllocationRequest::new("b", "p").request(ResourceKind::Cpu, 2_000).priority_class("high")).await
+        });
+        tokio::task::yield_now().await;
+        assert_eq!(m.usage().waiters, 1);
+        assert!(low.revocation().is_some(), "preempted");
+        check(&m);
+        // A low-priority waiter queues behind; it times out.
+        let timed_out = m
+            .allocate(AllocationRequest::new("b", "p").request(ResourceKind::Gpu, 2).timeout(Duration::from_millis(10)))
+            .await;
+        assert!(matches!(timed_out, Err(QosError::Timeout { .. })), "{timed_out:?}");
+        check(&m);
+
+        drop(low);
+        let high = high.await.unwrap().unwrap();
+        assert_eq!(m.usage().used.get(&ResourceKind::Cpu), Some(2_000));
+        assert_eq!(m.quota_usage("a", "q").map(|(r, _)| r.get(&ResourceKind::Cpu)), Some(None));
+        check(&m);
+
+        let m3 = m.clone();
+        let waiting = tokio::spawn(async move {
+            m3.allocate(AllocationRequest::new("b", "p").request(ResourceKind::Cpu, 3_000).preemptible(false)).await
+        });
+        tokio::task::yield_now().await;
+        check(&m);
+        m.shutdown();
+        assert!(matches!(waiting.await.unwrap(), Err(QosError::Shutdown)));
+        check(&m);
+        drop(high);
+        assert_eq!(m.usage().used, ResourceList::new());
+        check(&m);
+    }
+}
