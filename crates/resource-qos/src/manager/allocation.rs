@@ -55,7 +55,8 @@ impl HandleShared {
 
 /// Id of a detached lease: 128 random bits from the operating system's generator, so a lease
 /// cannot be found by guessing or counting. It is also bound to the principal that allocated it:
-/// [`ResourceManager::heartbeat`] and [`ResourceManager::release_lease`] refuse other principals.
+/// [`ResourceManager::heartbeat`](super::ResourceManager::heartbeat) and
+/// [`ResourceManager::release_lease`](super::ResourceManager::release_lease) refuse other principals.
 ///
 /// It renders as (and parses from) 32 lowercase hex digits for storage or transport. Treat it
 /// like a credential: `Debug` shows only its first four digits, and no error message, audit
@@ -197,8 +198,8 @@ impl Allocation {
     }
 
     /// Turns the handle into a detached lease that is not released on drop: it lives until
-    /// [`ResourceManager::release_lease`] or until it misses a heartbeat. Only the principal that
-    /// made the request may renew or release it.
+    /// [`ResourceManager::release_lease`](super::ResourceManager::release_lease) or until it
+    /// misses a heartbeat. Only the principal that made the request may renew or release it.
     ///
     /// # Errors
     /// [`QosError::InvalidRequest`] when the allocation was not made with a lease TTL (it would
