@@ -1,5 +1,7 @@
 //! Prometheus metrics: [`PrometheusObserver`] turns cache and resource events into metrics on
 //! its own [`prometheus::Registry`].
+//! Write-behind events are not cache events: they arrive through [`WriteBehindMetrics`]
+//! (`write_behind.rs`; the facade adapts the consistency crate's observer into it).
 //!
 //! ## Exported families
 //! See [`PrometheusObserver::metric_names`] for the authoritative list (the operations rules and
@@ -14,6 +16,7 @@
 //! read lock, no allocation once resolved) and remembers them.
 
 mod labels;
+mod write_behind;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -30,6 +33,7 @@ use strata_resource_qos::{BreakerState as ResourceBreakerState, ResourceEvent, R
 
 use crate::error::TelemetryError;
 use labels::{ChildMap, LabelCap, OTHER};
+pub use write_behind::WriteBehindMetrics;
 
 /// Distinct cache names reported as labels; later caches are reported as `other`.
 pub const MAX_CACHE_LABELS: usize = 64;
@@ -765,17 +769,6 @@ impl PrometheusObserver {
             CacheEvent::LockWaited { cache, found } => {
                 let c = self.cache(cache);
                 if *found { c.lock_found.inc() } else { c.lock_timeout.inc() }
-            }
-            CacheEvent::WriteBehindBacklog { cache, backlog } => {
-                let c = self.cache(cache);
-                let gauge = c.backlog.get_or_init(|| self.f.backlog.with_label_values(&[c.label.as_str()]));
-                gauge.set(i64::try_from(*backlog).unwrap_or(i64::MAX));
-            }
-            CacheEvent::WriteBehindFlush { cache, entries, duration, ok } => {
-                let c = self.cache(cache);
-                let result = if *ok { "ok" } else { "error" };
-                self.f.flush.with_label_values(&[c.label.as_str(), result]).observe(duration.as_secs_f64());
-                self.f.flushed_entries.with_label_values(&[c.label.as_str(), result]).inc_by(*entries as u64);
             }
             CacheEvent::TagInvalidated { cache } => self.cache(cache).tag_invalidations.inc(),
             _ => {}
