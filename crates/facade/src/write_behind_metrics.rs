@@ -31,8 +31,8 @@ impl std::fmt::Debug for WriteBehindTelemetry {
 }
 
 impl WriteBehindTelemetry {
-    /// An observer for [`WriteBehindConfigBuilder::observer`](strata_consistency::WriteBehindConfigBuilder::observer)
-    /// that feeds `metrics`.
+    /// An observer that feeds `metrics`, for
+    /// [`WriteBehindConfigBuilder::observer`](strata_consistency::WriteBehindConfigBuilder::observer).
     pub fn new(metrics: Arc<dyn WriteBehindMetrics>) -> Arc<Self> {
         Arc::new(Self(metrics))
     }

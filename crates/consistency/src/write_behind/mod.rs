@@ -2,9 +2,9 @@
 //!
 //! [`WriteBehind::set`] writes the cache (L1 and every tier, like [`Cache::set`]), appends the
 //! write to the [journal](crate::journal) and returns once the journal holds it durably (per
-//! [`SyncPolicy`]). A background flusher — one task on the caller's runtime, stopped by
-//! [`WriteBehind::shutdown`] or when the last handle is dropped — takes acknowledged writes in
-//! order, coalesces them per key (the last write of a batch wins), writes them with
+//! [`SyncPolicy`](crate::SyncPolicy)). A background flusher — one task on the caller's
+//! runtime, stopped by [`WriteBehind::shutdown`] or when the last handle is dropped — takes
+//! acknowledged writes in order, coalesces them per key (the last write of a batch wins), writes them with
 //! [`Writer::write_many`] / [`Writer::delete`], retries failures with exponential backoff and
 //! jitter, and then records a checkpoint so the journal can drop the segments the source has
 //! confirmed.
@@ -50,7 +50,6 @@
 //! [`WriteBehind::flush`] before serving if the tiers may have lost them.
 //!
 //! One process per journal directory.
-
 //!
 //! ## Files
 //! - `mod.rs`: [`WriteBehind`] — open (replay), `set`/`delete` (cache, journal, acknowledgement),
@@ -81,7 +80,7 @@ pub use self::dead_letter::{DEAD_LETTER_FILE, DeadLetter};
 use self::flusher::{Op, Pending, Shared, flusher};
 pub use self::observer::{WriteBehindEvent, WriteBehindObserver};
 use crate::error::ConsistencyError;
-use crate::journal::{Data, Journal, MAX_PAYLOAD_LEN, RECORD_HEADER_LEN, ReplayReport, Sealer, SyncPolicy};
+use crate::journal::{Data, Journal, MAX_PAYLOAD_LEN, RECORD_HEADER_LEN, ReplayReport, Sealer};
 use crate::stripes::Stripes;
 
 struct TaskGuard(Mutex<Option<tokio::task::JoinHandle<()>>>);
@@ -155,8 +154,8 @@ where
     K: CacheKey + Serialize + DeserializeOwned,
     V: Clone + Serialize + DeserializeOwned + Send + Sync + 'static,
 {
-    /// Opens the journal in [`WriteBehindConfig::dir`] (creating it), replays what the source has not
-    /// confirmed, and starts the flusher on the current tokio runtime.
+    /// Opens the journal in [`WriteBehindConfig::dir`] (creating it), replays what the source
+    /// has not confirmed, and starts the flusher on the current tokio runtime.
     ///
     /// Errors: [`ConsistencyError::JournalUnprotected`] when the journal would
     /// store in plaintext what the cache protects, journal I/O,
@@ -380,8 +379,9 @@ where
         self.shared.batches.load(Ordering::Relaxed)
     }
 
-    /// Journal commits so far (each one `write` and, under [`SyncPolicy::Always`], one sync;
-    /// concurrent writers share commits, checkpoints take commits too).
+    /// Journal commits so far (each one `write` and, under
+    /// [`SyncPolicy::Always`](crate::SyncPolicy::Always), one sync; concurrent writers share
+    /// commits, checkpoints take commits too).
     pub fn journal_commits(&self) -> u64 {
         self.shared.journal.commits()
     }

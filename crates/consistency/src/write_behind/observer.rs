@@ -2,8 +2,8 @@
 //!
 //! These events belong to the consistency crate, not to the cache's
 //! [`CacheEvent`](strata_cache_core::CacheEvent): a cache knows nothing of write-behind. Give
-//! an observer to [`WriteBehindConfigBuilder::observer`](super::WriteBehindConfigBuilder::observer).
-//! Like cache events, they carry the cache name (bounded cardinality) and never a key or value.
+//! an observer to
+//! [`WriteBehindConfigBuilder::observer`](super::WriteBehindConfigBuilder::observer). Like cache events, they carry the cache name (bounded cardinality) and never a key or value.
 //!
 //! ```
 //! use std::sync::Arc;
