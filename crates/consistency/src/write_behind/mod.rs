@@ -4,10 +4,10 @@
 //! write to the [journal](crate::journal) and returns once the journal holds it durably (per
 //! [`SyncPolicy`](crate::SyncPolicy)). A background flusher — one task on the caller's
 //! runtime, stopped by [`WriteBehind::shutdown`] or when the last handle is dropped — takes
-//! acknowledged writes in order, coalesces them per key (the last write of a batch wins), writes them with
-//! [`Writer::write_many`] / [`Writer::delete`], retries failures with exponential backoff and
-//! jitter, and then records a checkpoint so the journal can drop the segments the source has
-//! confirmed.
+//! acknowledged writes in order, coalesces them per key (the last write of a batch wins),
+//! writes them with [`Writer::write_many`] / [`Writer::delete`], retries failures with
+//! exponential backoff and jitter, and then records a checkpoint so the journal can drop the
+//! segments the source has confirmed.
 //!
 //! **Poison entries**: when a part of a batch fails `max_attempts_before_split` times in a row
 //! (an error or a panic of the writer), it is split in halves that are retried separately, down
