@@ -128,12 +128,14 @@ async fn write_behind(
 ) -> (f64, f64) {
     create_table(db).await;
     let _ = std::fs::remove_dir_all(journal);
-    let config = WriteBehindConfig::new(journal)
+    let config = WriteBehindConfig::builder(journal)
         .sync(sync)
         .max_batch(4_000)
         .flush_concurrency(lanes)
         .max_backlog(2 * WRITE_BEHIND_WRITES as usize)
-        .enqueue_timeout(Duration::from_secs(60));
+        .enqueue_timeout(Duration::from_secs(60))
+        .build()
+        .expect("write-behind config");
     let (wb, _) = WriteBehind::open(cache().await, source(db), config).await.expect("open write-behind");
     let started = Instant::now();
     let w = wb.clone();

@@ -183,24 +183,6 @@ pub enum CacheEvent<'a> {
         /// Whether the value appeared in a tier before the wait ended.
         found: bool,
     },
-    /// The write-behind backlog changed (entries acknowledged but not yet in the source).
-    WriteBehindBacklog {
-        /// The cache.
-        cache: &'a str,
-        /// Entries waiting.
-        backlog: usize,
-    },
-    /// A write-behind batch was written to the source (or failed and will be retried).
-    WriteBehindFlush {
-        /// The cache.
-        cache: &'a str,
-        /// Entries in the batch.
-        entries: usize,
-        /// How long the write took.
-        duration: Duration,
-        /// Whether the source accepted it.
-        ok: bool,
-    },
     /// Every entry carrying a tag was invalidated.
     TagInvalidated {
         /// The cache.

@@ -97,7 +97,7 @@ pub enum ConsistencyError {
     /// The journal encrypts (its codecs include one required on decode) but holds plaintext
     /// records to replay: written without encryption (an older version or configuration) or
     /// planted. They are refused; to migrate a journal written without encryption, open it
-    /// once with [`WriteBehindConfig::replay_plaintext`](crate::WriteBehindConfig::replay_plaintext).
+    /// once with [`WriteBehindConfigBuilder::replay_plaintext`](crate::WriteBehindConfigBuilder::replay_plaintext).
     /// Nothing was replayed, written or deleted.
     #[error(
         "{records} plaintext journal record(s) to replay (first in {segment}) but the journal is configured to encrypt; nothing was replayed (set replay_plaintext to migrate them once)"
@@ -110,7 +110,7 @@ pub enum ConsistencyError {
     },
     /// Write-behind was refused because its journal and dead-letter file would keep in
     /// plaintext what the cache protects (it encrypts or hashes key ids for its remote tiers):
-    /// give [`WriteBehindConfig::codecs`](crate::WriteBehindConfig::codecs) the cache's codecs.
+    /// give [`WriteBehindConfigBuilder::codecs`](crate::WriteBehindConfigBuilder::codecs) the cache's codecs.
     #[error("write-behind for cache `{cache}` refused: {reason}")]
     JournalUnprotected {
         /// The cache's name.

@@ -17,8 +17,9 @@
 //!     `set` returns; a background flusher coalesces per key, writes batches, retries with
 //!     backoff and checkpoints; a restart replays what the source had not confirmed. Bounded:
 //!     a full backlog gives [`ConsistencyError::Overloaded`] after a deadline. Given the
-//!     cache's codecs ([`WriteBehindConfig::codecs`]), journal records and dead-letter lines are
-//!     sealed (encrypted), and an encrypting cache is refused a plaintext journal.
+//!     cache's codecs ([`WriteBehindConfigBuilder::codecs`]), journal records and dead-letter lines are
+//!     sealed (encrypted), and an encrypting cache is refused a plaintext journal. Its
+//!     backlog and flushes go to a [`WriteBehindObserver`] as [`WriteBehindEvent`]s.
 //! - Warming: [`save_hot_keys`] / [`warm_from_snapshot`] ([`warm`]).
 //! - Outside invalidations: [`ExternalInvalidator`] applies JSON messages from an
 //!   [`ExternalSource`] to the caches of an [`InvalidationRegistry`] ([`external`]).
@@ -51,7 +52,7 @@
 //! let cache: Cache<u64, String> =
 //!     Cache::builder("users").tier(Arc::new(MemoryTier::new("l2"))).serializer(Postcard).build().await?;
 //! let rows = Arc::new(Rows::default());
-//! let config = WriteBehindConfig::new(&dir).sync(SyncPolicy::Always);
+//! let config = WriteBehindConfig::builder(&dir).sync(SyncPolicy::Always).build()?;
 //! let (wb, replay) = WriteBehind::open(cache.clone(), rows.clone(), config).await?;
 //! assert_eq!(replay.requeued, 0);
 //!
@@ -67,7 +68,6 @@
 //! # }).unwrap();
 //! ```
 
-pub mod dead_letter;
 mod error;
 pub mod external;
 pub mod journal;
@@ -84,4 +84,6 @@ pub use external::{
 pub use journal::{ReplayReport, SyncPolicy, TornTail};
 pub use policy::{CacheAside, WritePolicy, WriteThrough, invalidate_after_write};
 pub use warm::{SnapshotWarm, save_hot_keys, warm_from_snapshot};
-pub use write_behind::{DeadLetter, WriteBehind, WriteBehindConfig};
+pub use write_behind::{
+    DeadLetter, WriteBehind, WriteBehindConfig, WriteBehindConfigBuilder, WriteBehindEvent, WriteBehindObserver,
+};

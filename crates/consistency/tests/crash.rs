@@ -58,13 +58,15 @@ async fn cache_for(encrypt: bool) -> (Cache<u64, String>, CodecPipeline) {
 }
 
 fn wb_config(dir: &Path, sync: SyncPolicy, codecs: CodecPipeline) -> WriteBehindConfig {
-    WriteBehindConfig::new(dir.join("journal"))
+    WriteBehindConfig::builder(dir.join("journal"))
         .codecs(codecs)
         .sync(sync)
         .segment_bytes(16 * 1024)
         .batch_delay(Duration::from_millis(2))
         .max_batch(64)
         .retry(Duration::from_millis(5), Duration::from_millis(50))
+        .build()
+        .unwrap()
 }
 
 fn source_path(dir: &Path) -> PathBuf {

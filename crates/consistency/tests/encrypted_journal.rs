@@ -13,7 +13,7 @@ use parking_lot::Mutex;
 use strata_cache_core::{BoxError, Cache, CodecError, CodecPipeline, EntryOptions, MemoryTier, Postcard, Writer};
 use strata_consistency::journal::{RECORD_HEADER_LEN, Record, SEALED_SEGMENT_MAGIC, SEGMENT_MAGIC, scan_segment};
 use strata_consistency::write_behind::DEAD_LETTER_FILE;
-use strata_consistency::{ConsistencyError, WriteBehind, WriteBehindConfig};
+use strata_consistency::{ConsistencyError, WriteBehind, WriteBehindConfig, WriteBehindConfigBuilder};
 use strata_security::{AesGcmCodec, DataKey, KeyId, Keyring, PiiPolicy};
 
 const KEY_MARK: &str = "alice.pii@example.com";
@@ -99,8 +99,8 @@ async fn cache(codec: Option<Arc<AesGcmCodec>>) -> Cache<String, String> {
     }
 }
 
-fn config(dir: &Path, codec: Option<Arc<AesGcmCodec>>) -> WriteBehindConfig {
-    WriteBehindConfig::new(dir.join("journal"))
+fn config(dir: &Path, codec: Option<Arc<AesGcmCodec>>) -> WriteBehindConfigBuilder {
+    WriteBehindConfig::builder(dir.join("journal"))
         .segment_bytes(4096)
         .max_attempts_before_split(2)
         .dead_letter_after(Duration::from_millis(200))
@@ -114,7 +114,7 @@ async fn open(
     writer: &Arc<Rows>,
 ) -> Result<(WriteBehind<String, String>, strata_consistency::ReplayReport), ConsistencyError> {
     let cache = cache(codec.clone()).await;
-    WriteBehind::open(cache, writer.clone() as Arc<dyn Writer<String, String>>, config(dir, codec)).await
+    WriteBehind::open(cache, writer.clone() as Arc<dyn Writer<String, String>>, config(dir, codec).build()?).await
 }
 
 fn key(i: u64) -> String {
@@ -492,7 +492,8 @@ async fn plaintext_journal_from_before_encryption_is_refused_then_migrated_on_re
     let rows = Rows::new();
     let cache = cache(Some(codec.clone())).await;
     let cfg = config(dir.path(), Some(codec.clone())).replay_plaintext(true);
-    let (wb, report) = WriteBehind::open(cache, rows.clone() as Arc<dyn Writer<String, String>>, cfg).await.unwrap();
+    let (wb, report) =
+        WriteBehind::open(cache, rows.clone() as Arc<dyn Writer<String, String>>, cfg.build().unwrap()).await.unwrap();
     assert_eq!(report.requeued, 15);
     wb.set(key(100), value(100)).await.unwrap();
     tokio::time::timeout(Duration::from_secs(60), wb.shutdown()).await.unwrap().unwrap();
@@ -524,8 +525,9 @@ async fn a_cache_that_protects_its_data_is_refused_a_plaintext_journal() {
     };
     // A PII cache (encrypting, hashed key ids) with a journal without codecs.
     let pii = cache(Some(aes(1, 7))).await;
-    let reason =
-        unprotected(WriteBehind::open(pii.clone(), writer.clone(), config(dir.path(), None)).await.map(|_| ()));
+    let reason = unprotected(
+        WriteBehind::open(pii.clone(), writer.clone(), config(dir.path(), None).build().unwrap()).await.map(|_| ()),
+    );
     assert!(reason.contains("aes-256-gcm"), "{reason}");
     assert!(!dir.path().join("journal").exists(), "nothing is written before the refusal");
     // An encrypting cache without hashed key ids, same.
@@ -536,7 +538,7 @@ async fn a_cache_that_protects_its_data_is_refused_a_plaintext_journal() {
         .build()
         .await
         .unwrap();
-    unprotected(WriteBehind::open(enc, writer.clone(), config(dir.path(), None)).await.map(|_| ()));
+    unprotected(WriteBehind::open(enc, writer.clone(), config(dir.path(), None).build().unwrap()).await.map(|_| ()));
     // Hashed key ids without any codec: keys would be plaintext in the journal.
     let hashed = Cache::<String, String>::builder("people")
         .tier(Arc::new(MemoryTier::new("l2")))
@@ -545,10 +547,12 @@ async fn a_cache_that_protects_its_data_is_refused_a_plaintext_journal() {
         .build()
         .await
         .unwrap();
-    let reason = unprotected(WriteBehind::open(hashed, writer.clone(), config(dir.path(), None)).await.map(|_| ()));
+    let reason = unprotected(
+        WriteBehind::open(hashed, writer.clone(), config(dir.path(), None).build().unwrap()).await.map(|_| ()),
+    );
     assert!(reason.contains("hashes key ids"), "{reason}");
     // With the cache's codec the same PII cache is accepted.
-    let (wb, _) = WriteBehind::open(pii, writer, config(dir.path(), Some(aes(1, 7)))).await.unwrap();
+    let (wb, _) = WriteBehind::open(pii, writer, config(dir.path(), Some(aes(1, 7))).build().unwrap()).await.unwrap();
     wb.shutdown().await.unwrap();
 }
 
@@ -566,7 +570,9 @@ async fn a_compressing_cache_needs_its_codec_in_the_journal_which_then_compresse
     };
     let writer = Rows::blocked() as Arc<dyn Writer<String, String>>;
     let plain_cfg = config(dir.path(), None);
-    let err = WriteBehind::open(build().await.unwrap(), writer.clone(), plain_cfg.clone()).await.unwrap_err();
+    let err = WriteBehind::open(build().await.unwrap(), writer.clone(), plain_cfg.clone().build().unwrap())
+        .await
+        .unwrap_err();
     assert!(matches!(&err, ConsistencyError::JournalUnprotected { reason, .. } if reason.contains("zstd")), "{err:?}");
     // A plaintext journal written before compression was configured still replays (nothing
     // requires a seal), and new records pass through zstd.
@@ -576,7 +582,7 @@ async fn a_compressing_cache_needs_its_codec_in_the_journal_which_then_compresse
     let mut codecs = CodecPipeline::new();
     codecs.push(zstd.clone()).unwrap();
     let cfg = plain_cfg.codecs(codecs);
-    let (wb, report) = WriteBehind::open(build().await.unwrap(), writer, cfg.clone()).await.unwrap();
+    let (wb, report) = WriteBehind::open(build().await.unwrap(), writer, cfg.clone().build().unwrap()).await.unwrap();
     assert_eq!(report.requeued, 1);
     let long = "compressible ".repeat(400);
     wb.set(key(2), long.clone()).await.unwrap();
@@ -586,8 +592,13 @@ async fn a_compressing_cache_needs_its_codec_in_the_journal_which_then_compresse
     assert_eq!(&bytes[..8], SEALED_SEGMENT_MAGIC);
     assert!(bytes.len() < long.len() / 4, "{} bytes for a {}-byte value", bytes.len(), long.len());
     let rows = Rows::new();
-    let (wb, report) =
-        WriteBehind::open(build().await.unwrap(), rows.clone() as Arc<dyn Writer<String, String>>, cfg).await.unwrap();
+    let (wb, report) = WriteBehind::open(
+        build().await.unwrap(),
+        rows.clone() as Arc<dyn Writer<String, String>>,
+        cfg.build().unwrap(),
+    )
+    .await
+    .unwrap();
     assert_eq!(report.requeued, 2);
     tokio::time::timeout(Duration::from_secs(60), wb.flush()).await.unwrap().unwrap();
     assert_eq!(rows.get(&key(1)), Some(value(1)));
@@ -616,7 +627,7 @@ async fn a_sequence_number_at_the_top_of_the_range_is_refused_as_corrupt() {
         forged.encode_into(&mut seg).unwrap();
         std::fs::write(journal.join(format!("{:020}.wal", 1)), &seg).unwrap();
         let writer = Rows::new();
-        let cfg = WriteBehindConfig::new(journal.clone()).segment_bytes(4096);
+        let cfg = WriteBehindConfig::builder(journal.clone()).segment_bytes(4096).build().unwrap();
         let opened = WriteBehind::open(cache(None).await, writer as Arc<dyn Writer<String, String>>, cfg).await;
         if refused {
             assert!(

@@ -13,6 +13,7 @@ fn public_types_are_send_and_sync() {
     send_sync::<CacheAside<u64, String>>();
     send_sync::<WritePolicy<u64, String>>();
     send_sync::<WriteBehindConfig>();
+    send_sync::<WriteBehindConfigBuilder>();
     send_sync::<ConsistencyError>();
     send_sync::<InvalidationRegistry>();
     send_sync::<ExternalInvalidatorHandle>();

@@ -8,21 +8,24 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use common::{MemWriter, cache};
-use strata_cache_core::{CacheEvent, CacheObserver, Writer};
+use strata_cache_core::Writer;
 use strata_consistency::journal::{RecordError, SEGMENT_MAGIC};
-use strata_consistency::{ConsistencyError, SyncPolicy, WriteBehind, WriteBehindConfig};
+use strata_consistency::{
+    ConsistencyError, SyncPolicy, WriteBehind, WriteBehindConfig, WriteBehindConfigBuilder, WriteBehindEvent,
+    WriteBehindObserver,
+};
 
-fn config(dir: &Path) -> WriteBehindConfig {
-    WriteBehindConfig::new(dir.join("journal")).retry(Duration::from_millis(5), Duration::from_millis(40))
+fn config(dir: &Path) -> WriteBehindConfigBuilder {
+    WriteBehindConfig::builder(dir.join("journal")).retry(Duration::from_millis(5), Duration::from_millis(40))
 }
 
 async fn open(
     name: &str,
     writer: &Arc<MemWriter>,
-    cfg: WriteBehindConfig,
+    cfg: WriteBehindConfigBuilder,
 ) -> Result<(WriteBehind<u64, String>, strata_consistency::ReplayReport), ConsistencyError> {
     let (cache, _) = cache(name).await;
-    WriteBehind::open(cache, writer.clone() as Arc<dyn Writer<u64, String>>, cfg).await
+    WriteBehind::open(cache, writer.clone() as Arc<dyn Writer<u64, String>>, cfg.build()?).await
 }
 
 fn segments(dir: &Path) -> Vec<std::path::PathBuf> {
@@ -143,7 +146,7 @@ async fn dropped_without_flush_then_reopened_replays_everything() {
 }
 
 /// Writes `n` records to a fresh journal with a blocked source, drops it, returns the dir.
-async fn journal_with(n: u64) -> (tempfile::TempDir, WriteBehindConfig) {
+async fn journal_with(n: u64) -> (tempfile::TempDir, WriteBehindConfigBuilder) {
     let dir = tempfile::tempdir().unwrap();
     let cfg = config(dir.path());
     let (wb, _) = open("tt", &MemWriter::gated(), cfg.clone()).await.unwrap();
@@ -236,16 +239,16 @@ struct Events {
     flush_failed: std::sync::atomic::AtomicUsize,
 }
 
-impl CacheObserver for Events {
-    fn on_event(&self, e: &CacheEvent<'_>) {
+impl WriteBehindObserver for Events {
+    fn on_event(&self, e: &WriteBehindEvent<'_>) {
         match e {
-            CacheEvent::WriteBehindBacklog { backlog, .. } => {
+            WriteBehindEvent::Backlog { backlog, .. } => {
                 self.backlog_max.fetch_max(*backlog, Ordering::SeqCst);
             }
-            CacheEvent::WriteBehindFlush { ok: true, .. } => {
+            WriteBehindEvent::Flush { ok: true, .. } => {
                 self.flush_ok.fetch_add(1, Ordering::SeqCst);
             }
-            CacheEvent::WriteBehindFlush { ok: false, .. } => {
+            WriteBehindEvent::Flush { ok: false, .. } => {
                 self.flush_failed.fetch_add(1, Ordering::SeqCst);
             }
             _ => {}
@@ -318,7 +321,7 @@ async fn concurrent_flush_lanes_deliver_every_key_once_per_batch() {
     assert_eq!(writer.batches.load(Ordering::SeqCst), 4);
     assert_eq!(wb.retries(), 3);
     assert_eq!(wb.batches(), 1);
-    assert!(WriteBehindConfig::new("x").flush_concurrency(0).validate().is_err());
+    assert!(WriteBehindConfig::builder("x").flush_concurrency(0).build().is_err());
 }
 
 #[tokio::test]
@@ -396,7 +399,10 @@ async fn poison_entry_is_isolated_and_dead_lettered(panics: bool) {
         .max_attempts_before_split(3)
         .max_backlog(64);
     let (cache, _) = cache("pz").await;
-    let (wb, _) = WriteBehind::open(cache, writer.clone() as Arc<dyn Writer<u64, String>>, cfg.clone()).await.unwrap();
+    let (wb, _) =
+        WriteBehind::open(cache, writer.clone() as Arc<dyn Writer<u64, String>>, cfg.clone().build().unwrap())
+            .await
+            .unwrap();
     for k in 0..40u64 {
         wb.set(k, format!("v{k}")).await.unwrap();
     }
@@ -446,7 +452,8 @@ async fn full_backlog_drains_despite_a_poison_entry() {
     let writer = PoisonWriter::new(3, false);
     let cfg = config(dir.path()).max_backlog(8).max_attempts_before_split(2).enqueue_timeout(Duration::from_secs(60));
     let (cache, _) = cache("pb").await;
-    let (wb, _) = WriteBehind::open(cache, writer.clone() as Arc<dyn Writer<u64, String>>, cfg).await.unwrap();
+    let (wb, _) =
+        WriteBehind::open(cache, writer.clone() as Arc<dyn Writer<u64, String>>, cfg.build().unwrap()).await.unwrap();
     // Many more writes than the backlog holds: each set must eventually find room.
     for k in 0..50u64 {
         wb.set(k, format!("v{k}")).await.unwrap();
@@ -522,7 +529,8 @@ async fn an_outage_longer_than_the_attempt_budget_dead_letters_nothing() {
     // dead-lettered within a few hundred milliseconds of the outage.
     let cfg = config(dir.path()).max_attempts_before_split(2);
     let (cache, _) = cache("outage").await;
-    let (wb, _) = WriteBehind::open(cache, writer.clone() as Arc<dyn Writer<u64, String>>, cfg).await.unwrap();
+    let (wb, _) =
+        WriteBehind::open(cache, writer.clone() as Arc<dyn Writer<u64, String>>, cfg.build().unwrap()).await.unwrap();
     for k in 0..20u64 {
         wb.set(k, format!("v{k}")).await.unwrap();
     }
@@ -537,7 +545,8 @@ async fn a_lone_poison_entry_is_dead_lettered_after_dead_letter_after() {
     let writer = PoisonWriter::new(7, false);
     let cfg = config(dir.path()).max_attempts_before_split(2).dead_letter_after(Duration::from_millis(300));
     let (cache, _) = cache("lone").await;
-    let (wb, _) = WriteBehind::open(cache, writer.clone() as Arc<dyn Writer<u64, String>>, cfg).await.unwrap();
+    let (wb, _) =
+        WriteBehind::open(cache, writer.clone() as Arc<dyn Writer<u64, String>>, cfg.build().unwrap()).await.unwrap();
     wb.set(7, "only".into()).await.unwrap();
     let t = Instant::now();
     tokio::time::timeout(Duration::from_secs(60), wb.flush()).await.unwrap().unwrap();
@@ -560,7 +569,9 @@ async fn a_poison_entry_alone_in_its_batch_does_not_stall_the_writes_behind_it()
         let cfg =
             config(dir.path()).max_backlog(4).max_attempts_before_split(2).enqueue_timeout(Duration::from_secs(60));
         let (cache, _) = cache("alone").await;
-        let (wb, _) = WriteBehind::open(cache, writer.clone() as Arc<dyn Writer<u64, String>>, cfg).await.unwrap();
+        let (wb, _) = WriteBehind::open(cache, writer.clone() as Arc<dyn Writer<u64, String>>, cfg.build().unwrap())
+            .await
+            .unwrap();
         wb.set(3, "poison".into()).await.unwrap();
         // The poison entry is being retried on its own.
         let deadline = Instant::now() + Duration::from_secs(60);

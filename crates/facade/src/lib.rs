@@ -59,6 +59,8 @@ pub mod config;
 #[cfg(all(feature = "consistency", any(feature = "redis", feature = "sql")))]
 pub mod external;
 pub mod preset;
+#[cfg(all(feature = "consistency", feature = "telemetry"))]
+pub mod write_behind_metrics;
 
 pub use backends::{ConnectError, Topology};
 pub use config::StrataConfig;

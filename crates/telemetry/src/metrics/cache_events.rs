@@ -129,17 +129,6 @@ impl PrometheusObserver {
                 let c = self.cache(cache);
                 if *found { c.lock_found.inc() } else { c.lock_timeout.inc() }
             }
-            CacheEvent::WriteBehindBacklog { cache, backlog } => {
-                let c = self.cache(cache);
-                let gauge = c.backlog.get_or_init(|| self.f.backlog.with_label_values(&[c.label.as_str()]));
-                gauge.set(i64::try_from(*backlog).unwrap_or(i64::MAX));
-            }
-            CacheEvent::WriteBehindFlush { cache, entries, duration, ok } => {
-                let c = self.cache(cache);
-                let result = if *ok { "ok" } else { "error" };
-                self.f.flush.with_label_values(&[c.label.as_str(), result]).observe(duration.as_secs_f64());
-                self.f.flushed_entries.with_label_values(&[c.label.as_str(), result]).inc_by(*entries as u64);
-            }
             CacheEvent::TagInvalidated { cache } => self.cache(cache).tag_invalidations.inc(),
             _ => {}
         }

@@ -1,5 +1,7 @@
 //! Prometheus metrics: [`PrometheusObserver`] turns cache and resource events into metrics on
 //! its own [`prometheus::Registry`].
+//! Write-behind events are not cache events: they arrive through [`WriteBehindMetrics`]
+//! (`write_behind.rs`; the facade adapts the consistency crate's observer into it).
 //!
 //! ## Exported families
 //! See [`PrometheusObserver::metric_names`] for the authoritative list (the operations rules and
@@ -18,6 +20,7 @@
 //! - `cache_events.rs` — the [`CacheObserver`](strata_cache_core::CacheObserver) implementation and its per-thread memo.
 //! - `resources.rs` — (feature `resources`) the `strata_resource_*` families, the
 //!   `ResourceObserver` implementation and the usage probe.
+//! - `write_behind.rs` — [`WriteBehindMetrics`], the write-behind backlog and flush families.
 //! - `labels.rs` — bounded label values and the maps of pre-resolved children.
 //! - `tests.rs` — unit tests.
 
@@ -25,6 +28,7 @@ mod cache_events;
 mod labels;
 #[cfg(feature = "resources")]
 mod resources;
+mod write_behind;
 
 use std::sync::Arc;
 
@@ -39,6 +43,7 @@ use strata_cache_core::BreakerState;
 
 use crate::error::TelemetryError;
 use labels::{ChildMap, LabelCap, OTHER};
+pub use write_behind::WriteBehindMetrics;
 
 /// Distinct cache names reported as labels; later caches are reported as `other`.
 pub const MAX_CACHE_LABELS: usize = 64;

@@ -30,13 +30,14 @@ fn exercise(m: &PrometheusObserver) {
         CacheEvent::BreakerTransition { cache: "", tier: "redis", from: BreakerState::Closed, to: BreakerState::Open },
         CacheEvent::LockAcquired { cache: c },
         CacheEvent::LockWaited { cache: c, found: true },
-        CacheEvent::WriteBehindBacklog { cache: c, backlog: 17 },
-        CacheEvent::WriteBehindFlush { cache: c, entries: 5, duration: Duration::from_millis(2), ok: true },
         CacheEvent::TagInvalidated { cache: c },
     ];
     for e in &events {
         CacheObserver::on_event(m, e);
     }
+    // Write-behind events come from the consistency crate's observer, adapted by the facade.
+    WriteBehindMetrics::backlog(m, c, 17);
+    WriteBehindMetrics::flush(m, c, 5, Duration::from_millis(2), true);
     let bus = strata_cache_core::BusError { bus: "nats".into(), message: "down".into(), source: None };
     CacheObserver::on_event(m, &CacheEvent::BusError { cache: c, error: &bus });
     let frame_err = strata_cache_core::CacheError::Frame(strata_cache_core::FrameError::Checksum);

@@ -7,7 +7,7 @@
 //! {"cache":"users","op":"put","key_postcard_hex":"07","value_postcard_hex":"027637","unix_ms":1700000000000}
 //! ```
 //!
-//! With codecs ([`WriteBehindConfig::codecs`](crate::WriteBehindConfig::codecs)) the operation,
+//! With codecs ([`WriteBehindConfigBuilder::codecs`](crate::WriteBehindConfigBuilder::codecs)) the operation,
 //! key and value are sealed together, bound to the line's `unix_ms`, and only the sealed bytes
 //! are written:
 //!
