@@ -7,6 +7,7 @@
 //! - `bench`    criterion benches (short measurement; pass extra args after `--`)
 //! - `deny`     cargo-deny (installed if missing)
 //! - `layering` the crate layering check alone
+//! - `public-api` no third-party type in a public signature outside the escape hatches
 //! - `services` start the throwaway Redis (standalone + cluster) the tests use, print their
 //!   URLs as `export` lines, and keep them until Ctrl-C
 //! - `ops`      promtool over docs/operations and the metric-name cross-check
@@ -20,6 +21,7 @@ use std::process::{Command, ExitCode};
 use std::time::Instant;
 
 mod fuzz;
+mod public_api;
 mod services;
 mod telemetry_checks;
 
@@ -38,13 +40,16 @@ fn main() -> ExitCode {
         "bench" => bench(&rest),
         "deny" => deny(),
         "layering" => layering(),
+        "public-api" => public_api_check(),
         "services" => services_forever(),
         "ops" => telemetry_checks::promtool_check(&root()),
         "dashboard" => dashboard(),
         "fuzz" => fuzz::fuzz(&rest),
         "fmt" => run(cargo().args(["fmt", "--all"])),
         _ => {
-            eprintln!("usage: cargo xtask <ci|test|demo|bench|deny|layering|fmt|services|ops|dashboard|fuzz>");
+            eprintln!(
+                "usage: cargo xtask <ci|test|demo|bench|deny|layering|public-api|fmt|services|ops|dashboard|fuzz>"
+            );
             return if cmd == "help" { ExitCode::SUCCESS } else { ExitCode::FAILURE };
         }
     };
@@ -88,6 +93,7 @@ fn ci() -> Result {
         run(cargo().args(["clippy", "--workspace", "--all-targets", "--all-features", "--", "-D", "warnings"]))
     })?;
     step("layering", layering)?;
+    step("public API", public_api_check)?;
     step("facade features", features)?;
     step("tests", test)?;
     step("operations rules (promtool)", || telemetry_checks::promtool_check(&root()))?;
@@ -159,6 +165,10 @@ fn services_forever() -> Result {
     loop {
         std::thread::sleep(std::time::Duration::from_secs(3600));
     }
+}
+
+fn public_api_check() -> Result {
+    public_api::check(&metadata(true)?)
 }
 
 fn dashboard() -> Result {

@@ -16,7 +16,10 @@
 //!   the correlation id.
 //! - [`correlation`] — [`correlation::current`] (task-local id, else the current trace id) and
 //!   [`correlation::with_correlation`].
-//! - [`admin`] — an axum router: `/metrics`, `/health` (503 when a cache cannot serve),
+//! - [`raw`] — the escape hatch, the only module that names prometheus, axum or
+//!   tracing-subscriber types: [`raw::registry`], [`raw::router`], [`raw::otel_layer`]. (Only
+//!   [`TracingConfig::span_exporter`] elsewhere takes an OpenTelemetry SDK exporter you built.)
+//! - [`admin`] — an axum server: `/metrics`, `/health` (503 when a cache cannot serve),
 //!   `/topology`, `/api/stats`, and `/dashboard` (one self-contained HTML page).
 //!
 //! ```
@@ -46,6 +49,7 @@ pub mod admin;
 pub mod correlation;
 mod error;
 pub mod metrics;
+pub mod raw;
 pub mod tracing_setup;
 
 pub use error::TelemetryError;
