@@ -39,7 +39,7 @@ fn entry(expires_at: Timestamp) -> StoredEntry {
 
 /// `expires_at` of the stored row for `id` in cache `cache`, if there is one.
 async fn stored_expiry(tier: &SqlTier, cache: &str, id: &str) -> Option<i64> {
-    let db = strata_cache_sql::raw::connection(&tier);
+    let db = strata_cache_sql::raw::connection(tier);
     let backend = db.get_database_backend();
     let p = if backend == strata_cache_sql::raw::sea_orm::DbBackend::Postgres { "$1" } else { "?" };
     let sql = format!("SELECT expires_at FROM {} WHERE key_id = {p} AND cache = {}", tier.table(), p.replace('1', "2"));

@@ -38,7 +38,7 @@ fn entry(frame: &[u8], expires_at: u64, version: u64, tags: &[&str]) -> StoredEn
 const FAR: u64 = u64::MAX;
 
 async fn count_rows(tier: &SqlTier) -> i64 {
-    let db = strata_cache_sql::raw::connection(&tier);
+    let db = strata_cache_sql::raw::connection(tier);
     let sql = format!("SELECT COUNT(*) AS n FROM {}", tier.table());
     let row = db.query_one_raw(Statement::from_string(db.get_database_backend(), sql)).await.unwrap().unwrap();
     row.try_get_by_index::<i64>(0).unwrap()
