@@ -17,7 +17,7 @@
 //!   other systems.
 //! - [`keys`]: the key layout and hash-slot math.
 //! - [`raw`]: the escape hatch, the only place that names deadpool-redis / redis types: the
-//!   [`deadpool_redis`](raw::deadpool_redis) crate and a standalone tier's pool
+//!   [`raw::deadpool_redis`] crate and a standalone tier's pool
 //!   ([`raw::standalone_pool`]).
 //!
 //! Every Redis failure becomes a [`TierError`](strata_cache_core::TierError) (or

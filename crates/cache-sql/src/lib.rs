@@ -17,7 +17,7 @@
 //!   what happened (connection → `Unavailable`, timeout → `Timeout`, pool exhausted →
 //!   `Overloaded`), with the `sea_orm::DbErr` kept as the source.
 //! - [`raw`]: the escape hatch, the only module that names sea-orm types: the
-//!   [`sea_orm`](raw::sea_orm) crate, a tier's [`connection`](raw::connection) and the
+//!   [`raw::sea_orm`] crate, a tier's [`connection`](raw::connection) and the
 //!   [`EntitySource`](raw::EntitySource). Elsewhere only the constructors that take your own
 //!   connection do ([`SqlTier::with_connection`], [`PgNotifySource::listen`]).
 //!
