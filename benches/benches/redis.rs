@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use criterion::Criterion;
 use strata_cache_core::{Cache, Key, Namespace, Postcard};
-use strata_cache_redis::deadpool_redis::redis;
+use strata_cache_redis::raw::deadpool_redis::redis;
 use strata_cache_redis::{RedisConfig, RedisTier};
 
 const KEYS: u64 = 1_000;
@@ -69,7 +69,7 @@ fn main() {
     for k in 0..KEYS {
         rt.block_on(cache.set(k, format!("value-{k}"))).expect("set");
     }
-    let pool = tier.standalone_pool().expect("standalone pool").clone();
+    let pool = strata_cache_redis::raw::standalone_pool(&tier).expect("standalone pool").clone();
     let rkeys: Vec<String> = (0..KEYS)
         .map(|k| tier.redis_key(&Key::new("bench", Namespace::default_namespace(), &k.to_string()).expect("key")))
         .collect();

@@ -11,7 +11,7 @@ use std::time::Duration;
 use criterion::Criterion;
 use strata::{Cache, EntryOptions, Postcard};
 use strata_benches::paired_ratio;
-use strata_cache_sql::sea_orm::{ConnectionTrait, DatabaseConnection, DbBackend, Statement, Value};
+use strata_cache_sql::raw::sea_orm::{ConnectionTrait, DatabaseConnection, DbBackend, Statement, Value};
 use strata_cache_sql::{SqlConfig, SqlTier};
 
 const KEYS: u64 = 1_000;
@@ -79,7 +79,7 @@ fn raw_select(db: &DatabaseConnection, table: &str, k: u64) -> Statement {
 }
 
 fn l3_hit(c: &mut Criterion, s: &Setup) {
-    let db = s.tier.connection();
+    let db = strata_cache_sql::raw::connection(&s.tier);
     let table = s.tier.table();
     // Both sides must find the row.
     assert!(s.rt.block_on(s.cache.get(&1)).expect("get").is_some());
@@ -136,7 +136,7 @@ fn main() {
     let config = SqlConfig::new(pg).table(table.clone()).connect_timeout(Duration::from_secs(2));
     if let Some(s) = setup("postgres", config, None) {
         l3_hit(&mut c, &s);
-        let db = s.tier.connection();
+        let db = strata_cache_sql::raw::connection(&s.tier);
         let drop_sql = format!("DROP TABLE IF EXISTS {table}, {table}_migrations");
         s.rt.block_on(db.execute_unprepared(&drop_sql)).expect("drop bench tables");
     }

@@ -1,5 +1,5 @@
 //! Write policies: write-behind vs write-through writes/s to a SQL source through
-//! `strata_cache_sql::EntitySource` (a sea-orm entity, upserts). On SQLite (a temp file, WAL,
+//! `strata_cache_sql::raw::EntitySource` (a sea-orm entity, upserts). On SQLite (a temp file, WAL,
 //! `synchronous=NORMAL`, as `SqlTier` configures it) and, when reachable, PostgreSQL
 //! (`STRATA_BENCH_PG_URL` or `postgres://postgres@127.0.0.1:5432/test`, in a fresh schema that
 //! is dropped afterwards). Target: write-behind >= 10x write-through.
@@ -17,14 +17,15 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use strata_cache_core::{Cache, L1Config, Writer};
-use strata_cache_sql::sea_orm::{self, ConnectOptions, ConnectionTrait, Database, DatabaseConnection, Set};
-use strata_cache_sql::{EntitySource, SqlConfig, SqlTier};
+use strata_cache_sql::raw::EntitySource;
+use strata_cache_sql::raw::sea_orm::{self, ConnectOptions, ConnectionTrait, Database, DatabaseConnection, Set};
+use strata_cache_sql::{SqlConfig, SqlTier};
 use strata_consistency::{SyncPolicy, WriteBehind, WriteBehindConfig, WriteThrough};
 
 #[allow(unreachable_pub)] // the entity macros need `pub` items
 mod row {
-    use strata_cache_sql::sea_orm;
-    use strata_cache_sql::sea_orm::entity::prelude::*;
+    use strata_cache_sql::raw::sea_orm;
+    use strata_cache_sql::raw::sea_orm::entity::prelude::*;
 
     #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
     #[sea_orm(table_name = "wp_bench")]
@@ -196,7 +197,7 @@ fn main() {
     std::fs::create_dir_all(&dir).expect("temp dir");
     rt.block_on(async {
         let tier = SqlTier::connect(SqlConfig::sqlite(dir.join("source.db")).max_connections(8)).await.expect("sqlite");
-        compare("sqlite", tier.connection(), &dir.join("journal"), 1).await;
+        compare("sqlite", strata_cache_sql::raw::connection(&tier), &dir.join("journal"), 1).await;
         let url = std::env::var("STRATA_BENCH_PG_URL")
             .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned());
         postgres(&url, &dir.join("journal")).await;

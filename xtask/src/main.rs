@@ -9,6 +9,7 @@
 //! - `layering` the crate layering check alone
 //! - `features` `cargo tree` per feature choice: e.g. Prometheus alone pulls no NVML, axum,
 //!   hyper, OpenTelemetry or resource manager
+//! - `public-api` no third-party type in a public signature outside the escape hatches
 //! - `services` start the throwaway Redis (standalone + cluster) the tests use, print their
 //!   URLs as `export` lines, and keep them until Ctrl-C
 //! - `ops`      promtool over docs/operations and the metric-name cross-check
@@ -23,6 +24,7 @@ use std::time::Instant;
 
 mod feature_tree;
 mod fuzz;
+mod public_api;
 mod services;
 mod telemetry_checks;
 
@@ -42,13 +44,16 @@ fn main() -> ExitCode {
         "deny" => deny(),
         "layering" => layering(),
         "features" => feature_tree::check(),
+        "public-api" => public_api_check(),
         "services" => services_forever(),
         "ops" => telemetry_checks::promtool_check(&root()),
         "dashboard" => dashboard(),
         "fuzz" => fuzz::fuzz(&rest),
         "fmt" => run(cargo().args(["fmt", "--all"])),
         _ => {
-            eprintln!("usage: cargo xtask <ci|test|demo|bench|deny|layering|features|fmt|services|ops|dashboard|fuzz>");
+            eprintln!(
+                "usage: cargo xtask <ci|test|demo|bench|deny|layering|features|public-api|fmt|services|ops|dashboard|fuzz>"
+            );
             return if cmd == "help" { ExitCode::SUCCESS } else { ExitCode::FAILURE };
         }
     };
@@ -92,6 +97,7 @@ fn ci() -> Result {
         run(cargo().args(["clippy", "--workspace", "--all-targets", "--all-features", "--", "-D", "warnings"]))
     })?;
     step("layering", layering)?;
+    step("public API", public_api_check)?;
     step("facade features", features)?;
     step("dependency trees per feature", feature_tree::check)?;
     step("tests", test)?;
@@ -164,6 +170,10 @@ fn services_forever() -> Result {
     loop {
         std::thread::sleep(std::time::Duration::from_secs(3600));
     }
+}
+
+fn public_api_check() -> Result {
+    public_api::check(&metadata(true)?)
 }
 
 fn dashboard() -> Result {

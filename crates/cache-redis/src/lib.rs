@@ -16,6 +16,9 @@
 //! - [`RedisChannelSource`]: raw payloads from a channel you name, for invalidations sent by
 //!   other systems.
 //! - [`keys`]: the key layout and hash-slot math.
+//! - [`raw`]: the escape hatch, the only place that names deadpool-redis / redis types: the
+//!   [`raw::deadpool_redis`] crate and a standalone tier's pool
+//!   ([`raw::standalone_pool`]).
 //!
 //! Every Redis failure becomes a [`TierError`](strata_cache_core::TierError) (or
 //! [`BusError`](strata_cache_core::BusError)) with the Redis error as its source; the cache
@@ -55,13 +58,11 @@ pub mod config;
 mod conn;
 pub mod keys;
 pub mod lock;
+pub mod raw;
 pub mod tier;
 
 pub use bus::{BusStats, PubSubMode, RedisBus, RedisChannelSource};
 pub use config::{RedisConfig, Topology};
-/// The deadpool-redis crate this one is built on (its `redis` re-export included), so that
-/// callers can run raw commands on [`RedisTier::standalone_pool`] without depending on it.
-pub use deadpool_redis;
 pub use keys::KeySpace;
 pub use lock::RedisLock;
 pub use tier::RedisTier;

@@ -191,9 +191,8 @@ impl RedisTier {
         self.inner.keys.entry(key.cache(), key.namespace().as_str(), key.id())
     }
 
-    /// The standalone pool (for raw commands beside the tier, e.g. benchmarks); `None` on a
-    /// cluster.
-    pub fn standalone_pool(&self) -> Option<&deadpool_redis::Pool> {
+    /// The standalone pool (public as [`crate::raw::standalone_pool`]); `None` on a cluster.
+    pub(crate) fn standalone_pool(&self) -> Option<&deadpool_redis::Pool> {
         match &self.inner.backend {
             Backend::Standalone(p) => Some(p),
             Backend::Cluster(_) => None,

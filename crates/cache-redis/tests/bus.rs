@@ -12,8 +12,8 @@ use strata_cache_core::{
     BusEvent, Cache, CacheStats, Clock, EntryOptions, FnLoader, InstanceId, Invalidation, InvalidationBus,
     InvalidationTarget, Namespace, Postcard, Subscription, SystemClock,
 };
-use strata_cache_redis::deadpool_redis::redis;
-use strata_cache_redis::deadpool_redis::redis::Value;
+use strata_cache_redis::raw::deadpool_redis::redis;
+use strata_cache_redis::raw::deadpool_redis::redis::Value;
 use strata_cache_redis::{PubSubMode, RedisBus, RedisChannelSource, RedisConfig, RedisTier, keys};
 
 /// A cache with its own L1 and bus; the loader reads the "source of truth" key `src:<id>`.

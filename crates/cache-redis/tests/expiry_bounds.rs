@@ -13,7 +13,7 @@ use strata_cache_core::{
     Cache, CacheError, CacheStats, EntryMeta, EntryOptions, Key, ManualClock, Namespace, Postcard, StoredEntry, Tier,
     TierErrorKind, Timestamp,
 };
-use strata_cache_redis::deadpool_redis::redis;
+use strata_cache_redis::raw::deadpool_redis::redis;
 use strata_cache_redis::tier::MAX_PX_MS;
 use strata_cache_redis::{RedisConfig, RedisTier};
 

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use strata_cache_core::{
     BreakerConfig, BreakerState, Cache, CacheStats, EntryOptions, FnLoader, L1Config, Postcard, Tier,
 };
-use strata_cache_redis::deadpool_redis::redis;
+use strata_cache_redis::raw::deadpool_redis::redis;
 use strata_cache_redis::{RedisConfig, RedisTier};
 
 async fn dbsize(url: &str) -> Option<i64> {

@@ -20,7 +20,7 @@ use strata_cache_core::{
     BreakerConfig, Cache, CacheStats, EntryOptions, FnLoader, Invalidation, InvalidationTarget, L1Config, Postcard,
 };
 use strata_cache_redis::bus::RESYNC_MESSAGE;
-use strata_cache_redis::deadpool_redis::redis;
+use strata_cache_redis::raw::deadpool_redis::redis;
 use strata_cache_redis::{RedisBus, RedisConfig, RedisTier};
 use tokio::sync::mpsc;
 

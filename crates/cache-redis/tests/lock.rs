@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use strata_cache_core::{Cache, FnLoader, Key, LoadLock, LockOptions, Namespace, Postcard};
-use strata_cache_redis::deadpool_redis::redis;
+use strata_cache_redis::raw::deadpool_redis::redis;
 use strata_cache_redis::{RedisConfig, RedisLock, RedisTier};
 
 const PROCESSES: usize = 4;

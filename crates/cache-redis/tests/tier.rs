@@ -11,8 +11,8 @@ use strata_cache_core::{
     Cache, CacheStats, Clock, EntryMeta, FnLoader, Key, Namespace, Postcard, StoredEntry, SystemClock, Tier,
     TierErrorKind, TierHealth, Timestamp,
 };
-use strata_cache_redis::deadpool_redis::redis;
 use strata_cache_redis::keys::slot;
+use strata_cache_redis::raw::deadpool_redis::redis;
 use strata_cache_redis::{RedisConfig, RedisTier};
 
 fn key(id: &str) -> Key {

@@ -9,14 +9,15 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use strata_cache_core::{Cache, CacheStats, EntryOptions, Postcard, Writer};
-use strata_cache_sql::sea_orm::{ConnectionTrait, Database, Schema};
-use strata_cache_sql::{EntitySource, SqlConfig, SqlTier};
+use strata_cache_sql::raw::EntitySource;
+use strata_cache_sql::raw::sea_orm::{ConnectionTrait, Database, Schema};
+use strata_cache_sql::{SqlConfig, SqlTier};
 
 /// The application's entity.
 #[allow(unreachable_pub)]
 mod users {
-    use strata_cache_sql::sea_orm;
-    use strata_cache_sql::sea_orm::entity::prelude::*;
+    use strata_cache_sql::raw::sea_orm;
+    use strata_cache_sql::raw::sea_orm::entity::prelude::*;
 
     /// A user row.
     #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel, serde::Serialize, serde::Deserialize)]

@@ -10,12 +10,16 @@
 //!   task), exact tag invalidation ([`SqlTier::invalidate_tag`]), `get_many` / `set_many` as
 //!   single statements.
 //! - [`SqlConfig`]: URL, table, pool and timeouts, validated with errors that name the setting.
-//! - [`EntitySource`]: a sea-orm entity as the cache's [`Loader`](strata_cache_core::Loader)
-//!   and [`Writer`](strata_cache_core::Writer).
+//! - [`raw::EntitySource`]: a sea-orm entity as the cache's
+//!   [`Loader`](strata_cache_core::Loader) and [`Writer`](strata_cache_core::Writer).
 //! - [`PgNotifySource`]: PostgreSQL `LISTEN` for invalidations published by other systems.
 //! - Errors: database failures are [`TierError`](strata_cache_core::TierError)s whose kind says
 //!   what happened (connection → `Unavailable`, timeout → `Timeout`, pool exhausted →
 //!   `Overloaded`), with the `sea_orm::DbErr` kept as the source.
+//! - [`raw`]: the escape hatch, the only module that names sea-orm types: the
+//!   [`raw::sea_orm`] crate, a tier's [`connection`](raw::connection) and the
+//!   [`EntitySource`](raw::EntitySource). Elsewhere only the constructors that take your own
+//!   connection do ([`SqlTier::with_connection`], [`PgNotifySource::listen`]).
 //!
 //! ```
 //! use std::sync::Arc;
@@ -47,18 +51,14 @@
 //! ```
 
 pub mod config;
-pub mod entity;
 pub mod error;
 pub mod migration;
 pub mod notify;
+pub mod raw;
 mod tags;
 pub mod tier;
 
 pub use config::{Backend, DEFAULT_TABLE, SqlConfig, validate_table_name};
-pub use entity::{EntitySource, PrimaryKeyOf};
 pub use error::SqlError;
 pub use notify::{PgNotification, PgNotifySource};
-/// sea-orm, re-exported so that applications and benches use the same version (raw queries on
-/// [`SqlTier::connection`], entities for [`EntitySource`]).
-pub use sea_orm;
 pub use tier::{SqlTier, SweeperHandle};

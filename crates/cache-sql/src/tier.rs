@@ -230,8 +230,8 @@ impl SqlTier {
         })
     }
 
-    /// The connection (for raw queries on the same pool: benches, diagnostics).
-    pub fn connection(&self) -> &DatabaseConnection {
+    /// The connection (public as [`crate::raw::connection`]).
+    pub(crate) fn connection(&self) -> &DatabaseConnection {
         &self.inner.db
     }
 
@@ -241,8 +241,12 @@ impl SqlTier {
     }
 
     /// The backend.
-    pub fn backend(&self) -> DbBackend {
-        self.inner.dialect.backend
+    pub fn backend(&self) -> Backend {
+        match self.inner.dialect.backend {
+            DbBackend::Postgres => Backend::Postgres,
+            DbBackend::MySql => Backend::MySql,
+            _ => Backend::Sqlite,
+        }
     }
 
     fn err(&self, op: &str, e: sea_orm::DbErr) -> TierError {

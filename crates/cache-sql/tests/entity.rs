@@ -9,12 +9,13 @@ use std::time::Duration;
 
 use common::DbEnv;
 use strata_cache_core::{Cache, CacheStats, EntryOptions, Loader, Postcard, Writer};
-use strata_cache_sql::sea_orm::{self, ActiveModelTrait, ConnectionTrait, EntityTrait, PaginatorTrait, Schema};
-use strata_cache_sql::{EntitySource, SqlTier};
+use strata_cache_sql::SqlTier;
+use strata_cache_sql::raw::EntitySource;
+use strata_cache_sql::raw::sea_orm::{self, ActiveModelTrait, ConnectionTrait, EntityTrait, PaginatorTrait, Schema};
 
 mod users {
-    use strata_cache_sql::sea_orm;
-    use strata_cache_sql::sea_orm::entity::prelude::*;
+    use strata_cache_sql::raw::sea_orm;
+    use strata_cache_sql::raw::sea_orm::entity::prelude::*;
 
     #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel, serde::Serialize, serde::Deserialize)]
     #[sea_orm(table_name = "users")]

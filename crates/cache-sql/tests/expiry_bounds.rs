@@ -16,7 +16,7 @@ use strata_cache_core::{
     Timestamp,
 };
 use strata_cache_sql::SqlTier;
-use strata_cache_sql::sea_orm::{ConnectionTrait, Statement};
+use strata_cache_sql::raw::sea_orm::{ConnectionTrait, Statement};
 
 fn key(id: &str) -> Key {
     Key::new("bounds", Namespace::new("ns").unwrap(), id).unwrap()
@@ -39,9 +39,9 @@ fn entry(expires_at: Timestamp) -> StoredEntry {
 
 /// `expires_at` of the stored row for `id` in cache `cache`, if there is one.
 async fn stored_expiry(tier: &SqlTier, cache: &str, id: &str) -> Option<i64> {
-    let db = tier.connection();
+    let db = strata_cache_sql::raw::connection(tier);
     let backend = db.get_database_backend();
-    let p = if backend == strata_cache_sql::sea_orm::DbBackend::Postgres { "$1" } else { "?" };
+    let p = if backend == strata_cache_sql::raw::sea_orm::DbBackend::Postgres { "$1" } else { "?" };
     let sql = format!("SELECT expires_at FROM {} WHERE key_id = {p} AND cache = {}", tier.table(), p.replace('1', "2"));
     let row = db
         .query_one_raw(Statement::from_sql_and_values(

@@ -5,14 +5,14 @@ mod common;
 
 use std::time::Duration;
 
-use strata_cache_sql::sea_orm::{ConnectionTrait, DbBackend, Statement};
+use strata_cache_sql::raw::sea_orm::{ConnectionTrait, DbBackend, Statement};
 use strata_cache_sql::{PgNotifySource, SqlError};
 
 #[tokio::test]
 async fn search_path_option_selects_the_fresh_schema() {
     let Some(env) = common::postgres().await else { return };
     let tier = env.tier().await;
-    let db = tier.connection();
+    let db = strata_cache_sql::raw::connection(&tier);
     // Ask several pooled connections: each one is in the schema.
     for _ in 0..3 {
         let row = db
@@ -61,13 +61,13 @@ async fn notify_needs_postgres() {
 #[tokio::test]
 async fn a_lock_timeout_is_a_timeout() {
     use strata_cache_core::{Key, Namespace, Tier, TierErrorKind};
-    use strata_cache_sql::sea_orm::TransactionTrait;
+    use strata_cache_sql::raw::sea_orm::TransactionTrait;
     let Some(env) = common::postgres().await else { return };
     let tier = env.tier().await;
     // The tier's connections give up on locks after 100 ms.
     let cfg = strata_cache_sql::SqlConfig::new(format!("{}%20-c%20lock_timeout%3D100", env.url)).max_connections(2);
     let impatient = strata_cache_sql::SqlTier::connect(cfg).await.unwrap();
-    let txn = tier.connection().begin().await.unwrap();
+    let txn = strata_cache_sql::raw::connection(&tier).begin().await.unwrap();
     txn.execute_unprepared("LOCK TABLE strata_cache IN ACCESS EXCLUSIVE MODE").await.unwrap();
     let key = Key::new("c", Namespace::new("ns").unwrap(), "k").unwrap();
     let err = impatient.get(&key).await.unwrap_err();

@@ -13,7 +13,7 @@ use strata_cache_core::{
     Cache, CacheStats, Clock, EntryMeta, EntryOptions, FnLoader, Key, ManualClock, Namespace, Postcard, StoredEntry,
     Tier, TierErrorKind, TierHealth, Timestamp,
 };
-use strata_cache_sql::sea_orm::{ConnectionTrait, Statement};
+use strata_cache_sql::raw::sea_orm::{ConnectionTrait, Statement};
 use strata_cache_sql::{SqlConfig, SqlError, SqlTier};
 
 fn key(cache: &str, ns: &str, id: &str) -> Key {
@@ -38,7 +38,7 @@ fn entry(frame: &[u8], expires_at: u64, version: u64, tags: &[&str]) -> StoredEn
 const FAR: u64 = u64::MAX;
 
 async fn count_rows(tier: &SqlTier) -> i64 {
-    let db = tier.connection();
+    let db = strata_cache_sql::raw::connection(tier);
     let sql = format!("SELECT COUNT(*) AS n FROM {}", tier.table());
     let row = db.query_one_raw(Statement::from_string(db.get_database_backend(), sql)).await.unwrap().unwrap();
     row.try_get_by_index::<i64>(0).unwrap()
@@ -295,7 +295,7 @@ async fn cache_keeps_answering_when_the_database_is_down() {
 async fn a_dropped_table_is_an_error_not_a_panic() {
     let env = common::sqlite();
     let tier = env.tier().await;
-    tier.connection().execute_unprepared("DROP TABLE strata_cache").await.unwrap();
+    strata_cache_sql::raw::connection(&tier).execute_unprepared("DROP TABLE strata_cache").await.unwrap();
     let err = tier.get(&key("c", "ns", "k")).await.unwrap_err();
     assert_eq!(err.kind(), TierErrorKind::Other, "{err}");
     assert!(tier.set(&key("c", "ns", "k"), &entry(b"v", FAR, 1, &[])).await.is_err());
@@ -323,7 +323,7 @@ fn public_types_are_send_and_sync() {
 
 #[tokio::test]
 async fn sqlite_busy_is_a_timeout_and_an_exhausted_pool_is_overloaded() {
-    use strata_cache_sql::sea_orm::TransactionTrait;
+    use strata_cache_sql::raw::sea_orm::TransactionTrait;
     let env = common::sqlite();
     let tier = SqlTier::connect(env.config().busy_timeout(Duration::from_millis(100))).await.unwrap();
     let k = key("c", "ns", "k");
@@ -338,7 +338,7 @@ async fn sqlite_busy_is_a_timeout_and_an_exhausted_pool_is_overloaded() {
     // One connection, held by a transaction: the next call waits 100 ms for it, then gives up.
     let small =
         SqlTier::connect(env.config().max_connections(1).acquire_timeout(Duration::from_millis(100))).await.unwrap();
-    let txn = small.connection().begin().await.unwrap();
+    let txn = strata_cache_sql::raw::connection(&small).begin().await.unwrap();
     let err = small.get(&k).await.unwrap_err();
     assert_eq!(err.kind(), TierErrorKind::Overloaded, "{err}");
     assert!(err.is_retryable());

@@ -17,6 +17,17 @@
 //! none of its dependencies: `prometheus` alone compiles no HTTP server, no OpenTelemetry, no
 //! resource manager and no NVML.
 //!
+//! ## Dependency versions
+//! No public signature names a third-party type whose version you would have to match, except
+//! in the escape hatches: each crate's `raw` module (`strata::redis::raw`: deadpool-redis and a
+//! tier's pool; `strata::sql::raw`: sea-orm, a tier's connection, `EntitySource`;
+//! `strata::telemetry::raw`: the Prometheus registry, the axum router, the OpenTelemetry layer)
+//! and the constructors that take what you hand us on purpose (`SqlTier::with_connection`,
+//! `PgNotifySource::listen`, `TracingConfig::span_exporter`). The small, stable vocabulary
+//! types are allowed: `bytes::Bytes`, `serde` bounds, `futures::Stream`, `tokio::time::Instant`,
+//! tokio channel receivers, `tracing::Level`, `zeroize::Zeroizing`. `cargo xtask public-api`
+//! keeps it so (the list and its reasons are in `xtask/src/public_api.rs`).
+//!
 //! ```
 //! use std::sync::Arc;
 //! use strata::{Strata, StrataConfig, CacheStats, FnLoader};

@@ -13,7 +13,7 @@ use strata::consistency::external::{ExternalInvalidator, InvalidationRegistry};
 use strata::external::{PgNotify, RedisChannel};
 use strata::redis::{PubSubMode, RedisChannelSource, RedisConfig};
 use strata::sql::PgNotifySource;
-use strata::sql::sea_orm::{ConnectionTrait, Database};
+use strata::sql::raw::sea_orm::{ConnectionTrait, Database};
 use strata::{Cache, SystemClock};
 
 async fn cache() -> Cache<u64, String> {

@@ -109,6 +109,7 @@ mod breaker;
 mod capacity;
 mod deadline;
 mod error;
+mod maintenance;
 mod manager;
 pub mod monitor;
 mod name;
@@ -120,6 +121,7 @@ mod resource;
 pub use breaker::BreakerConfig;
 pub use capacity::{CapacityDiscovery, CapacitySource, DiscoveredCapacity};
 pub use error::QosError;
+pub use maintenance::MaintenanceTask;
 pub use manager::{
     Allocation, AllocationRequest, LeaseId, ManagerConfig, ResourceManager, ResourceManagerBuilder, Revocation,
     UsageSnapshot,

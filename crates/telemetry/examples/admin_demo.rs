@@ -64,7 +64,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .health_source(Arc::new(CacheHealth::new(cache.clone(), Some(metrics.clone()))))
         .topology_source(Arc::new(CacheTopology::new(cache.clone())))
         .topology_source(Arc::new(ResourceTopology::new(manager.clone())))
-        .topology_source(Arc::new(|| serde_json::json!({"backplane": {"kind": "local (demo)"}})));
+        .topology_source(Arc::new(|| {
+            admin::Topology::from_serialize(&serde_json::json!({"backplane": {"kind": "local (demo)"}}))
+                .unwrap_or_default()
+        }));
     let (addr, server) = admin::serve(([127, 0, 0, 1], port as u16).into(), state).await?;
     println!("admin listening on http://{addr}/dashboard");
 

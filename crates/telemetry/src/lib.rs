@@ -16,7 +16,10 @@
 //!   the correlation id.
 //! - [`correlation`] — [`correlation::current`] (task-local id, else the current trace id) and
 //!   [`correlation::with_correlation`].
-//! - [`admin`] — an axum router: `/metrics`, `/health` (503 when a cache cannot serve),
+//! - [`raw`] — the escape hatch, the only module that names prometheus, axum or
+//!   tracing-subscriber types: [`raw::registry`], [`raw::router`], [`raw::otel_layer`]. (Only
+//!   [`TracingConfig::span_exporter`] elsewhere takes an OpenTelemetry SDK exporter you built.)
+//! - [`admin`] — an axum server: `/metrics`, `/health` (503 when a cache cannot serve),
 //!   `/topology`, `/api/stats`, and `/dashboard` (one self-contained HTML page).
 //!
 //! ## Features
@@ -68,6 +71,8 @@ pub mod correlation;
 mod error;
 #[cfg(feature = "prometheus")]
 pub mod metrics;
+#[cfg(any(feature = "prometheus", feature = "otel"))]
+pub mod raw;
 #[cfg(feature = "otel")]
 pub mod tracing_setup;
 

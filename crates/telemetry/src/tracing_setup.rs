@@ -5,7 +5,8 @@
 //! [`init_tracing`] installs the global subscriber: a level filter, a log formatter that writes
 //! the [correlation id](crate::correlation) on every line, and the `tracing-opentelemetry`
 //! layer. [`TracingPipeline`] builds the same pieces without installing anything (for tests
-//! and for services that compose their own subscriber).
+//! and for services that compose their own subscriber, with
+//! [`raw::otel_layer`](crate::raw::otel_layer)).
 //!
 //! Exporters: OTLP/HTTP protobuf with the `otlp` feature ([`TracingConfig::otlp_endpoint`]),
 //! or any SDK exporter through [`TracingConfig::span_exporter`] (the SDK's in-memory exporter
@@ -16,7 +17,7 @@
 //! use tracing_subscriber::layer::SubscriberExt;
 //!
 //! let pipeline = TracingPipeline::new(TracingConfig::new("demo"))?;
-//! let subscriber = tracing_subscriber::registry().with(pipeline.otel_layer());
+//! let subscriber = tracing_subscriber::registry().with(strata_telemetry::raw::otel_layer(&pipeline));
 //! tracing::subscriber::with_default(subscriber, || {
 //!     let span = tracing::info_span!("work");
 //!     let _g = span.enter();
@@ -148,8 +149,9 @@ impl TracingPipeline {
         Ok(Self { provider: builder.build(), level: config.level, logs: config.logs })
     }
 
-    /// The `tracing-opentelemetry` layer for this provider (no level filter: add your own).
-    pub fn otel_layer<S>(&self) -> impl Layer<S> + Send + Sync + 'static
+    /// The `tracing-opentelemetry` layer for this provider (public as
+    /// [`crate::raw::otel_layer`]).
+    pub(crate) fn otel_layer<S>(&self) -> impl Layer<S> + Send + Sync + 'static
     where
         S: tracing::Subscriber + for<'a> LookupSpan<'a> + Send + Sync,
     {

@@ -106,7 +106,9 @@ async fn every_endpoint_answers_with_the_right_status_and_type() {
         .health_source(switch.clone())
         .topology_source(Arc::new(CacheTopology::new(cache.clone())))
         .topology_source(Arc::new(ResourceTopology::new(manager)))
-        .topology_source(Arc::new(|| serde_json::json!({"backplane": {"kind": "local"}})));
+        .topology_source(Arc::new(|| {
+            admin::Topology::from_serialize(&serde_json::json!({"backplane": {"kind": "local"}})).unwrap_or_default()
+        }));
     let (addr, server) = admin::serve("127.0.0.1:0".parse().unwrap(), state).await.unwrap();
 
     let r = get(addr, "/metrics").await;

@@ -14,7 +14,6 @@ use strata_telemetry::admin::{self, AdminConfig, AdminState, AdminToken};
 use strata_telemetry::{PrometheusObserver, TelemetryError};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::task::JoinHandle;
 
 /// The longest any condition is waited for. Well below hyper's built-in 30 s header timeout,
 /// so a connection closed in time was closed by the configured limit.
@@ -22,11 +21,11 @@ const PATIENCE: Duration = Duration::from_secs(20);
 
 const TOKEN: &str = "s3cr3t-Admin-T0ken-0123456789";
 
-async fn start(config: AdminConfig) -> (SocketAddr, JoinHandle<()>) {
+async fn start(config: AdminConfig) -> (SocketAddr, admin::AdminServer) {
     start_on("127.0.0.1:0", config).await
 }
 
-async fn start_on(addr: &str, config: AdminConfig) -> (SocketAddr, JoinHandle<()>) {
+async fn start_on(addr: &str, config: AdminConfig) -> (SocketAddr, admin::AdminServer) {
     let state = AdminState::new(PrometheusObserver::new().unwrap());
     admin::serve_with(addr.parse().unwrap(), state, config).await.unwrap()
 }

@@ -45,7 +45,7 @@ mod otlp {
         let pipeline =
             TracingPipeline::new(TracingConfig::new("otlp-test").otlp_endpoint(format!("http://{addr}/v1/traces")))
                 .unwrap();
-        let subscriber = tracing_subscriber::registry().with(pipeline.otel_layer());
+        let subscriber = tracing_subscriber::registry().with(strata_telemetry::raw::otel_layer(&pipeline));
         tracing::subscriber::with_default(subscriber, || {
             let span = tracing::info_span!("cache.get", cache.name = "users");
             let _e = span.enter();

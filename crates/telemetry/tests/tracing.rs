@@ -22,7 +22,8 @@ async fn cache_get_spans_carry_level_hit_and_hashed_key_only() {
     let exporter = InMemorySpanExporter::default();
     let pipeline = TracingPipeline::new(TracingConfig::new("telemetry-test").span_exporter(exporter.clone())).unwrap();
     // With the correlation layer too: it must not disturb the attributes recorded later.
-    let subscriber = tracing_subscriber::registry().with(pipeline.otel_layer()).with(CorrelationLayer::new());
+    let subscriber =
+        tracing_subscriber::registry().with(strata_telemetry::raw::otel_layer(&pipeline)).with(CorrelationLayer::new());
     let _guard = tracing::subscriber::set_default(subscriber);
 
     let l2 = MemoryTier::new("l2");
@@ -92,7 +93,10 @@ async fn logs_carry_the_task_local_or_trace_correlation_id() {
         .with_ansi(false)
         .with_writer(move || w.clone())
         .event_format(CorrelationFormat::new(tracing_subscriber::fmt::format().compact()));
-    let subscriber = tracing_subscriber::registry().with(pipeline.otel_layer()).with(CorrelationLayer::new()).with(fmt);
+    let subscriber = tracing_subscriber::registry()
+        .with(strata_telemetry::raw::otel_layer(&pipeline))
+        .with(CorrelationLayer::new())
+        .with(fmt);
     let _guard = tracing::subscriber::set_default(subscriber);
 
     let id = CorrelationId::new("req-7f3a").unwrap();
@@ -130,7 +134,7 @@ async fn admissions_are_spans_with_outcome_and_no_principal() {
     use strata_resource_qos::{AllocationRequest, PriorityClass, ResourceKind, ResourceManager};
     let exporter = InMemorySpanExporter::default();
     let pipeline = TracingPipeline::new(TracingConfig::new("telemetry-test").span_exporter(exporter.clone())).unwrap();
-    let subscriber = tracing_subscriber::registry().with(pipeline.otel_layer());
+    let subscriber = tracing_subscriber::registry().with(strata_telemetry::raw::otel_layer(&pipeline));
     let _guard = tracing::subscriber::set_default(subscriber);
 
     let manager = ResourceManager::builder()

@@ -5,7 +5,7 @@
 
 use std::sync::Arc;
 
-use strata_cache_sql::sea_orm::{ConnectionTrait, Database, DatabaseConnection};
+use strata_cache_sql::raw::sea_orm::{ConnectionTrait, Database, DatabaseConnection};
 use strata_cache_sql::{SqlConfig, SqlTier};
 
 pub fn ci() -> bool {

@@ -180,10 +180,11 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         .topology_source(Arc::new(CacheTopology::new(products.clone())))
         .topology_source(Arc::new(ResourceTopology::new(manager.clone())))
         .topology_source(Arc::new(move || {
-            serde_json::json!({
+            admin::Topology::from_serialize(&serde_json::json!({
                 "backends": topo.tiers.iter().map(|(n, d)| serde_json::json!({"name": n, "description": d})).collect::<Vec<_>>(),
                 "backplane": topo.bus.as_ref().map(|b| serde_json::json!({"kind": "redis-pubsub", "description": b})),
-            })
+            }))
+            .unwrap_or_default()
         }));
     let token_required = admin_config.has_token();
     let (addr, server) = admin::serve_with(admin_addr, state, admin_config).await?;

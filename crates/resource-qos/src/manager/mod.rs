@@ -156,10 +156,11 @@ impl ResourceManager {
 
     /// Spawns, on the caller's tokio runtime, a task that calls
     /// [`reclaim_expired`](Self::reclaim_expired) every `period`. It holds only a weak reference
-    /// and ends when the manager is dropped; abort the returned handle to stop it earlier.
-    pub fn spawn_maintenance(&self, period: Duration) -> tokio::task::JoinHandle<()> {
+    /// and ends when the manager is dropped; dropping or aborting the returned handle stops it
+    /// earlier ([`MaintenanceTask::detach`](crate::MaintenanceTask::detach) keeps it running).
+    pub fn spawn_maintenance(&self, period: Duration) -> crate::MaintenanceTask {
         let weak: Weak<Inner> = Arc::downgrade(&self.inner);
-        tokio::spawn(async move {
+        crate::MaintenanceTask::new(tokio::spawn(async move {
             let mut tick = tokio::time::interval(period.clamp(Duration::from_millis(1), FAR_FUTURE));
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
@@ -167,7 +168,7 @@ impl ResourceManager {
                 let Some(inner) = weak.upgrade() else { return };
                 ResourceManager { inner }.reclaim_expired();
             }
-        })
+        }))
     }
 
     /// Refuses new requests and fails every waiter with [`QosError::Shutdown`]. Live allocations

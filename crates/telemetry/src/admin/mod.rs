@@ -1,5 +1,9 @@
 //! The admin HTTP server (axum): metrics, health, topology and a live dashboard.
 //!
+//! Files: `mod.rs` (state, sources, routes), `access.rs` (Host/Origin/token rules and limits),
+//! `server.rs` (the accept loop and its [`AdminServer`] handle), `topology.rs` ([`Topology`]
+//! objects and how they merge), `dashboard.html`.
+//!
 //! | Route | Content |
 //! |---|---|
 //! | `GET /metrics` | Prometheus text exposition of the [`PrometheusObserver`] |
@@ -13,15 +17,15 @@
 //! allow-list (loopback names by default) and `Origin` check against DNS rebinding, an optional
 //! bearer token ([`AdminToken`], required when listening on a non-loopback address), header and
 //! idle timeouts, a per-connection request limit and a global connection limit
-//! ([`AdminConfig`]). [`router`] alone has none of them.
+//! ([`AdminConfig`]). [`raw::router`](crate::raw::router) alone has none of them.
 //!
 //! The state is built from trait objects so that the facade can feed it whatever it composed:
 //! [`HealthSource`] (async, e.g. [`CacheHealth`] for a [`Cache`]) and [`TopologySource`]
-//! (e.g. [`CacheTopology`], [`ResourceTopology`], or a closure returning JSON).
+//! (e.g. [`CacheTopology`], [`ResourceTopology`], or a closure returning a [`Topology`]).
 //!
 //! ## Topology schema (what the dashboard draws)
-//! Sources return JSON objects; `/topology` merges them (arrays under the same key are
-//! concatenated, other keys overwritten):
+//! Sources return [`Topology`] JSON objects; `/topology` merges them (arrays under the same key
+//! are concatenated, other keys overwritten):
 //! ```json
 //! { "caches": [ { "name": "users", "l1": {"entries": 10},
 //!                 "tiers": [ {"name": "redis", "kind": "redis", "nodes": ["10.0.0.1:6379"]},
@@ -36,8 +40,9 @@
 //! # async fn run() -> Result<(), strata_telemetry::TelemetryError> {
 //! let metrics = PrometheusObserver::new()?;
 //! let state = admin::AdminState::new(metrics);
-//! let (addr, _server) = admin::serve("127.0.0.1:9464".parse().unwrap(), state).await?;
+//! let (addr, server) = admin::serve("127.0.0.1:9464".parse().unwrap(), state).await?;
 //! println!("dashboard at http://{addr}/dashboard");
+//! server.detach(); // serve until the process exits (dropping the handle stops the server)
 //! # Ok(()) }
 //! ```
 
@@ -54,13 +59,14 @@ use serde::Serialize;
 use strata_cache_core::{Cache, CacheKey, TierHealth};
 #[cfg(feature = "resources")]
 use strata_resource_qos::ResourceManager;
-use tokio::task::JoinHandle;
 
 pub mod access;
 mod server;
+mod topology;
 
 pub use access::{AdminConfig, AdminToken, DEFAULT_ALLOWED_HOSTS, MAX_TIMEOUT};
-pub use server::serve_with;
+pub use server::{AdminServer, serve_with};
+pub use topology::Topology;
 
 use crate::metrics::TEXT_CONTENT_TYPE;
 use crate::{PrometheusObserver, TelemetryError};
@@ -127,15 +133,15 @@ pub trait HealthSource: Send + Sync + 'static {
 
 /// Something that can describe its place in the topology (see the module docs for the schema).
 pub trait TopologySource: Send + Sync + 'static {
-    /// A JSON object to merge into `/topology`.
-    fn topology(&self) -> serde_json::Value;
+    /// The JSON object to merge into `/topology`.
+    fn topology(&self) -> Topology;
 }
 
 impl<F> TopologySource for F
 where
-    F: Fn() -> serde_json::Value + Send + Sync + 'static,
+    F: Fn() -> Topology + Send + Sync + 'static,
 {
-    fn topology(&self) -> serde_json::Value {
+    fn topology(&self) -> Topology {
         self()
     }
 }
@@ -224,17 +230,17 @@ impl<K, V> CacheTopology<K, V> {
 }
 
 impl<K: CacheKey, V: Send + Sync + 'static> TopologySource for CacheTopology<K, V> {
-    fn topology(&self) -> serde_json::Value {
+    fn topology(&self) -> Topology {
         let l1 = self.cache.l1().map(|l1| serde_json::json!({"entries": l1.len(), "weight": l1.weight()}));
         let tiers: Vec<serde_json::Value> =
             self.cache.tier_names().into_iter().map(|n| serde_json::json!({"name": n, "kind": n})).collect();
-        serde_json::json!({"caches": [{
+        Topology::from_value(serde_json::json!({"caches": [{
             "name": self.cache.name(),
             "namespace": self.cache.namespace().as_str(),
             "l1": l1,
             "tiers": tiers,
             "codecs": self.cache.codec_names(),
-        }]})
+        }]}))
     }
 }
 
@@ -256,7 +262,7 @@ impl ResourceTopology {
 
 #[cfg(feature = "resources")]
 impl TopologySource for ResourceTopology {
-    fn topology(&self) -> serde_json::Value {
+    fn topology(&self) -> Topology {
         let usage = self.manager.usage();
         let list = |l: &strata_resource_qos::ResourceList| {
             l.iter().map(|(k, v)| (k.to_string(), serde_json::Value::from(v))).collect::<serde_json::Map<_, _>>()
@@ -271,14 +277,14 @@ impl TopologySource for ResourceTopology {
             }
             None => (serde_json::json!([]), serde_json::json!([])),
         };
-        serde_json::json!({"resources": {
+        Topology::from_value(serde_json::json!({"resources": {
             "capacity": list(&usage.capacity),
             "used": list(&usage.used),
             "allocations": usage.allocations,
             "waiters": usage.waiters,
             "gpus": gpus,
             "links": links,
-        }})
+        }}))
     }
 }
 
@@ -338,32 +344,17 @@ impl AdminState {
     }
 
     /// The merged topology.
-    pub fn topology(&self) -> serde_json::Value {
-        let mut out = serde_json::Map::new();
+    pub fn topology(&self) -> Topology {
+        let mut out = Topology::new();
         for s in &self.inner.topology {
-            if let serde_json::Value::Object(obj) = s.topology() {
-                merge(&mut out, obj);
-            }
+            out.merge(s.topology());
         }
-        serde_json::Value::Object(out)
+        out
     }
 }
 
-fn merge(into: &mut serde_json::Map<String, serde_json::Value>, from: serde_json::Map<String, serde_json::Value>) {
-    for (k, v) in from {
-        match (into.get_mut(&k), v) {
-            (Some(serde_json::Value::Array(a)), serde_json::Value::Array(b)) => a.extend(b),
-            (Some(serde_json::Value::Object(a)), serde_json::Value::Object(b)) => merge(a, b),
-            (_, v) => {
-                into.insert(k, v);
-            }
-        }
-    }
-}
-
-/// The admin routes on `state`, **without** the access rules and limits of [`serve_with`]
-/// (no Host check, no token): for mounting behind a front end that enforces its own.
-pub fn router(state: AdminState) -> Router {
+/// The admin routes on `state` (public as [`crate::raw::router`]).
+pub(crate) fn router(state: AdminState) -> Router {
     Router::new()
         .route("/metrics", get(metrics))
         .route("/health", get(health))
@@ -398,7 +389,7 @@ async fn stats(State(s): State<AdminState>) -> Response {
         m.write_behind_backlog().into_iter().map(|(c, b)| (c, serde_json::Value::from(b))).collect();
     axum::Json(serde_json::json!({
         "time_ms": now_ms,
-        "metrics": m.snapshot_json(),
+        "metrics": m.snapshot_value(),
         "breakers": breakers,
         "backlog": backlog,
     }))
@@ -416,6 +407,6 @@ async fn dashboard() -> Response {
 /// As [`serve_with`]: in particular [`TelemetryError::AdminTokenRequired`] when `addr` is not a
 /// loopback address (use [`serve_with`] with a token), [`TelemetryError::Io`] when the address
 /// cannot be bound.
-pub async fn serve(addr: SocketAddr, state: AdminState) -> Result<(SocketAddr, JoinHandle<()>), TelemetryError> {
+pub async fn serve(addr: SocketAddr, state: AdminState) -> Result<(SocketAddr, AdminServer), TelemetryError> {
     serve_with(addr, state, AdminConfig::default()).await
 }

@@ -12,7 +12,8 @@
 //!   response says `Connection: close`), a head of at most [`AdminConfig::max_header_bytes`]
 //!   (`431`), at most 64 header fields.
 //!
-//! Aborting the server task drops every connection it serves.
+//! Stopping the server ([`AdminServer::abort`], or dropping the handle) drops every connection
+//! it serves.
 
 use std::convert::Infallible;
 use std::io;
@@ -48,9 +49,51 @@ struct Shared {
     max_header_bytes: usize,
 }
 
+/// The running admin server's task (from [`serve_with`] or [`serve`](super::serve)).
+///
+/// Dropping the handle stops the server and every connection, as [`abort`](Self::abort) does;
+/// [`detach`](Self::detach) lets it serve until the runtime shuts down.
+#[derive(Debug)]
+#[must_use = "dropping the handle stops the server; call `detach()` to keep it serving"]
+pub struct AdminServer {
+    task: Option<JoinHandle<()>>,
+}
+
+impl AdminServer {
+    /// Whether the server has stopped.
+    pub fn is_finished(&self) -> bool {
+        self.task.as_ref().is_none_or(JoinHandle::is_finished)
+    }
+
+    /// Stops the server and drops every connection it serves.
+    pub fn abort(self) {}
+
+    /// Lets the server run on after the handle is dropped (until the runtime shuts down).
+    pub fn detach(mut self) {
+        self.task = None;
+    }
+
+    /// Stops the server and waits until its task (and every connection) is gone.
+    pub async fn shutdown(mut self) {
+        if let Some(task) = self.task.take() {
+            task.abort();
+            let _ = task.await;
+        }
+    }
+}
+
+impl Drop for AdminServer {
+    fn drop(&mut self) {
+        if let Some(task) = self.task.take() {
+            task.abort();
+        }
+    }
+}
+
 /// Binds `addr` and serves the admin routes on the current tokio runtime with `config`'s access
 /// rules and limits (see the [`access`](super::access) module docs); returns the bound address
-/// (useful with port 0) and the server task (abort it to stop the server and every connection).
+/// (useful with port 0) and the server's handle (drop or abort it to stop the server and every
+/// connection).
 ///
 /// # Errors
 /// [`TelemetryError::AdminTokenRequired`] when `addr` is not a loopback address and `config`
@@ -60,7 +103,7 @@ pub async fn serve_with(
     addr: SocketAddr,
     state: AdminState,
     config: AdminConfig,
-) -> Result<(SocketAddr, JoinHandle<()>), TelemetryError> {
+) -> Result<(SocketAddr, AdminServer), TelemetryError> {
     let mut access = config.compile(addr)?;
     let listener = TcpListener::bind(addr).await?;
     let local = listener.local_addr()?;
@@ -74,8 +117,8 @@ pub async fn serve_with(
         max_header_bytes: config.max_header_bytes,
     });
     let permits = Arc::new(Semaphore::new(config.max_connections));
-    let handle = tokio::spawn(accept_loop(listener, shared, permits));
-    Ok((local, handle))
+    let task = tokio::spawn(accept_loop(listener, shared, permits));
+    Ok((local, AdminServer { task: Some(task) }))
 }
 
 async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, permits: Arc<Semaphore>) {

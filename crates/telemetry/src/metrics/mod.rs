@@ -378,8 +378,8 @@ impl PrometheusObserver {
         }))
     }
 
-    /// The registry the families live on (to add your own, or to gather them yourself).
-    pub fn registry(&self) -> &Registry {
+    /// The registry the families live on (public as [`crate::raw::registry`]).
+    pub(crate) fn registry(&self) -> &Registry {
         &self.registry
     }
 
@@ -472,9 +472,14 @@ impl PrometheusObserver {
         self.caps.tiers.admit(tier)
     }
 
-    /// A JSON summary of the current values for dashboards: every family with its series
-    /// (labels, and value or histogram count/sum/buckets).
-    pub fn snapshot_json(&self) -> serde_json::Value {
+    /// A JSON summary of the current values for dashboards, as JSON text: an object with every
+    /// family's series (labels, and value or histogram count/sum/buckets).
+    pub fn snapshot_json(&self) -> String {
+        self.snapshot_value().to_string()
+    }
+
+    /// [`snapshot_json`](Self::snapshot_json) as a value (what `/api/stats` embeds).
+    pub(crate) fn snapshot_value(&self) -> serde_json::Value {
         use prometheus::proto::MetricType;
         let mut out = serde_json::Map::new();
         for fam in self.registry.gather() {

@@ -177,7 +177,9 @@ fn cache_label_cardinality_is_capped() {
 fn snapshot_json_has_series_and_histograms() {
     let m = PrometheusObserver::new().unwrap();
     exercise(&m);
-    let j = m.snapshot_json();
+    let j = m.snapshot_value();
+    let text: serde_json::Value = serde_json::from_str(&m.snapshot_json()).unwrap();
+    assert_eq!(text, j);
     let req = j["strata_cache_requests_total"].as_array().unwrap();
     assert!(req.iter().any(|s| s["labels"]["result"] == "hit" && s["value"] == 1.0));
     let load = &j["strata_cache_load_duration_seconds"].as_array().unwrap();
