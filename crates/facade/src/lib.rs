@@ -55,12 +55,13 @@ pub mod backends;
 pub mod config;
 #[cfg(all(feature = "consistency", any(feature = "redis", feature = "sql")))]
 pub mod external;
+pub mod plugin;
 pub mod preset;
 
 pub use backends::{ConnectError, Topology};
 pub use config::StrataConfig;
 pub use preset::Preset;
-pub use strata_cache_core::{BreakerConfig, BreakerState, BreakerTier, LoadLock, LockOptions};
+pub use strata_cache_core::{BreakerConfig, BreakerProbe, BreakerState, BreakerTier, LoadLock, LockOptions};
 
 #[cfg(feature = "redis")]
 pub use strata_cache_redis as redis;
@@ -87,6 +88,8 @@ pub struct Strata {
     observers: Vec<Arc<dyn CacheObserver>>,
     clock: Arc<dyn Clock>,
     topology: Arc<Topology>,
+    /// Probes of the breakers in front of the connected tiers, by tier name.
+    breakers: Arc<[(String, BreakerProbe)]>,
     /// Background tasks (the SQL sweeper) that live as long as the runtime.
     _tasks: Arc<dyn std::any::Any + Send + Sync>,
 }
@@ -184,6 +187,7 @@ impl StrataBuilder {
             observers: self.observers,
             clock: self.clock,
             topology: Arc::new(topology),
+            breakers: b.breakers.into(),
             _tasks: tasks,
         }
     }
@@ -214,6 +218,12 @@ impl Strata {
     /// The shared tiers, top to bottom.
     pub fn tiers(&self) -> &[Arc<dyn Tier>] {
         &self.tiers
+    }
+
+    /// Probes of the circuit breakers in front of the tiers that [`StrataBuilder::connect`]
+    /// built, by tier name (e.g. for a metrics gauge; tiers added explicitly bring their own).
+    pub fn breakers(&self) -> &[(String, BreakerProbe)] {
+        &self.breakers
     }
 
     /// A builder for the cache `name`, pre-filled with the runtime's tiers, bus, observers and

@@ -193,7 +193,7 @@ async fn open_breaker_makes_the_tier_unavailable() {
     for k in 0..6 {
         let _ = cache.get_or_load(&k).await;
     }
-    assert_eq!(breaker.breaker_state(), Some(strata_cache_core::BreakerState::Open));
+    assert_eq!(breaker.state(), strata_cache_core::BreakerState::Open);
     // The tier is back, but the breaker is still open: health reports it from the metrics.
     l2.set_failing(false);
     let report = CacheHealth::new(cache, Some(metrics.clone())).health().await;
