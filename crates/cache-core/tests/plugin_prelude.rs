@@ -1,6 +1,7 @@
 //! A plugin written against the prelude alone: a `Tier` and a `Codec` (plus a serializer to
 //! check the id-range rule) with nothing but `use strata_cache_core::plugin::*;` and `std`, run
 //! through a `Cache`.
+#![allow(clippy::unwrap_used)] // test helpers
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};

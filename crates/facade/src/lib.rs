@@ -8,6 +8,8 @@
 //!   configuration's `[caches.NAME]` section or [`Preset`].
 //! - [`config`]: TOML plus `STRATA_*` environment overrides, validated.
 //! - [`preset`]: rule / session / analytics / prompt caches.
+//! - [`plugin`]: one `use strata::plugin::*;` for writing a tier, codec, serializer, loader,
+//!   writer, bus, observer (and, with `gpu`, a GPU inventory).
 //! - Everything from [`strata_cache_core`] is re-exported: [`Cache`], the traits ([`Tier`],
 //!   [`Codec`], [`Loader`], [`InvalidationBus`], [`CacheObserver`], ...), [`EntryOptions`].
 //!

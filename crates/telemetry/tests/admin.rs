@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use strata_cache_core::{BreakerConfig, BreakerTier, Cache, FnLoader, MemoryTier, Postcard, Tier};
+use strata_cache_core::{BreakerConfig, BreakerTier, Cache, FnLoader, MemoryTier, Postcard};
 use strata_resource_qos::{ResourceKind, ResourceManager};
 use strata_telemetry::PrometheusObserver;
 use strata_telemetry::admin::{
