@@ -303,6 +303,13 @@ impl<T: Tier> BreakerTier<T> {
         self.breaker.state()
     }
 
+    /// A probe of the breaker's state that outlives this borrow (for metrics gauges and health
+    /// reports: the [`Tier`] trait itself knows nothing of breakers).
+    pub fn probe(&self) -> crate::tier::BreakerProbe {
+        let breaker = self.breaker.clone();
+        crate::tier::BreakerProbe::new(move || breaker.state())
+    }
+
     /// The breaker.
     pub fn breaker(&self) -> &CircuitBreaker {
         &self.breaker
@@ -365,9 +372,6 @@ impl<T: Tier> Tier for BreakerTier<T> {
             (s, TierHealth::Healthy) => TierHealth::Degraded(format!("circuit breaker {}", s.as_str())),
             (_, h) => h,
         }
-    }
-    fn breaker_state(&self) -> Option<BreakerState> {
-        Some(self.breaker.state())
     }
 }
 
@@ -516,7 +520,7 @@ mod tests {
         let e = tier.get(&key).await.unwrap_err();
         assert_eq!(e.kind(), TierErrorKind::CircuitOpen);
         assert_eq!(tier.inner().calls(), calls, "no call reaches the backend while open");
-        assert_eq!(tier.breaker_state(), Some(BreakerState::Open));
+        assert_eq!(tier.probe().state(), BreakerState::Open);
         tier.inner().set_failing(false);
         tokio::time::sleep(Duration::from_millis(40)).await;
         assert_eq!(tier.get(&key).await.unwrap(), None);

@@ -93,13 +93,98 @@ impl Subscription {
         Self { rx }
     }
 
+    /// A subscription and the sender that feeds it, buffering up to `capacity` events: what a
+    /// bus implementation returns from [`InvalidationBus::subscribe`] without naming tokio's
+    /// channel types. The bus keeps the sender and delivers every message it receives, and a
+    /// [`BusEvent::Resync`] whenever it may have lost some.
+    pub fn channel(capacity: usize) -> (SubscriptionSender, Subscription) {
+        let (tx, rx) = mpsc::channel(capacity.max(1));
+        (SubscriptionSender(tx), Self { rx })
+    }
+
     /// The next event; `None` when the bus is gone.
     pub async fn recv(&mut self) -> Option<BusEvent> {
         self.rx.recv().await
     }
 }
 
+/// The sending half of a [`Subscription::channel`]. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct SubscriptionSender(mpsc::Sender<BusEvent>);
+
+impl SubscriptionSender {
+    /// Delivers `event`, waiting while the subscriber's buffer is full. Returns `false` once the
+    /// subscription was dropped (the bus can then forget this sender).
+    pub async fn send(&self, event: BusEvent) -> bool {
+        self.0.send(event).await.is_ok()
+    }
+
+    /// Whether the subscription was dropped.
+    pub fn is_closed(&self) -> bool {
+        self.0.is_closed()
+    }
+}
+
 /// Publishes and subscribes to invalidations across processes.
+///
+/// # Implementing a bus
+/// An in-process bus that hands each subscriber its own channel (a real one would publish to
+/// a broker and feed the channels from the broker's subscription):
+///
+/// ```
+/// use strata_cache_core::plugin::*;
+/// use std::sync::{Arc, Mutex};
+///
+/// #[derive(Default)]
+/// struct FanoutBus {
+///     subscribers: Mutex<Vec<SubscriptionSender>>,
+/// }
+///
+/// #[async_trait]
+/// impl InvalidationBus for FanoutBus {
+///     fn name(&self) -> &str {
+///         "fanout"
+///     }
+///     async fn publish(&self, message: &Invalidation) -> Result<(), BusError> {
+///         let subscribers: Vec<SubscriptionSender> = {
+///             let mut subs = self.subscribers.lock().map_err(|_| BusError {
+///                 bus: "fanout".into(),
+///                 message: "poisoned".into(),
+///                 source: None,
+///             })?;
+///             subs.retain(|s| !s.is_closed());
+///             subs.clone()
+///         };
+///         for s in subscribers {
+///             s.send(BusEvent::Invalidate(message.clone())).await;
+///         }
+///         Ok(())
+///     }
+///     async fn subscribe(&self) -> Result<Subscription, BusError> {
+///         let (tx, sub) = Subscription::channel(256);
+///         if let Ok(mut subs) = self.subscribers.lock() {
+///             subs.push(tx);
+///         }
+///         Ok(sub)
+///     }
+/// }
+///
+/// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+/// let bus = Arc::new(FanoutBus::default());
+/// let mut watcher = bus.subscribe().await?;
+/// let cache: Cache<u64, String> = Cache::builder("users").bus(bus.clone()).build().await?;
+/// cache.set(7, "alice".to_string()).await?;
+/// // Every write publishes an invalidation that the other subscribers receive.
+/// match watcher.recv().await {
+///     Some(BusEvent::Invalidate(m)) => {
+///         assert_eq!((m.cache.as_str(), &m.target), ("users", &InvalidationTarget::Key("7".into())));
+///         assert_eq!(m.origin, cache.instance_id());
+///     }
+///     other => panic!("expected an invalidation, got {other:?}"),
+/// }
+/// # Ok::<(), CacheError>(())
+/// # }).unwrap();
+/// ```
 #[async_trait]
 pub trait InvalidationBus: Send + Sync + 'static {
     /// A short name (`local`, `redis`, ...).

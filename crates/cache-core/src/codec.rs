@@ -8,6 +8,7 @@ use bytes::Bytes;
 
 use crate::error::CodecError;
 use crate::frame::CodecStep;
+use crate::ids::{self, IdError, IdKind};
 use crate::key::Key;
 
 /// What a codec may bind its output to: the cache, the key and the frame's metadata section.
@@ -55,10 +56,75 @@ pub enum Encoded {
 
 /// A reversible byte transform with a one-byte id recorded in the frame.
 ///
-/// Ids 1–63 are reserved for Strata's codecs (1 zstd, 2 AES-256-GCM); plugins use 64–255.
-/// Decoders must treat their input as hostile: a bad input is a [`CodecError`], never a panic.
+/// Ids follow [the id-range rule](crate::ids): 0–63 are reserved for Strata (1 zstd,
+/// 2 AES-256-GCM), third-party codecs use 64–255; [`CodecPipeline::push`] refuses a
+/// third-party codec with a reserved id. Decoders must treat their input as hostile: a bad
+/// input is a [`CodecError`], never a panic.
+///
+/// # Implementing a codec
+/// A toy codec that XORs every byte with a key and records the key in the frame, in the
+/// third-party id range, used by a cache over a [`MemoryTier`](crate::MemoryTier):
+///
+/// ```
+/// use strata_cache_core::plugin::*;
+/// use std::sync::Arc;
+///
+/// struct XorCodec(u8);
+///
+/// impl Codec for XorCodec {
+///     fn id(&self) -> u8 {
+///         200 // third-party range: 64-255
+///     }
+///     fn name(&self) -> &'static str {
+///         "xor"
+///     }
+///     fn encode(&self, _ctx: &CodecContext<'_>, input: Bytes) -> Result<Encoded, CodecError> {
+///         if input.is_empty() {
+///             return Ok(Encoded::Skipped); // nothing recorded in the frame
+///         }
+///         let output: Vec<u8> = input.iter().map(|b| b ^ self.0).collect();
+///         Ok(Encoded::Applied { params: vec![self.0], output: Bytes::from(output) })
+///     }
+///     fn decode(&self, _ctx: &CodecContext<'_>, params: &[u8], input: Bytes) -> Result<Bytes, CodecError> {
+///         // Hostile input: a typed error, never a panic.
+///         let [key] = params else {
+///             return Err(CodecError::Invalid { codec: "xor", reason: format!("{} param bytes", params.len()) });
+///         };
+///         Ok(input.iter().map(|b| b ^ key).collect::<Vec<u8>>().into())
+///     }
+/// }
+///
+/// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+/// let l2 = MemoryTier::new("l2");
+/// let cache: Cache<u64, String> = Cache::builder("xored")
+///     .no_l1()
+///     .tier(Arc::new(l2.clone()))
+///     .codec(Arc::new(XorCodec(0x5a)))
+///     .serializer(Postcard)
+///     .build()
+///     .await?;
+/// cache.set(1, "secret".to_string()).await?;
+/// assert_eq!(cache.get(&1).await?.as_deref().map(String::as_str), Some("secret"));
+/// // The stored frame holds the XORed bytes, not the serialized value.
+/// let key = Key::new("xored", Namespace::default_namespace(), "1")?;
+/// let frame = l2.raw(&key).unwrap().frame;
+/// assert!(!frame.windows(6).any(|w| w == b"secret"));
+///
+/// // A codec in Strata's reserved range is refused when the pipeline is built.
+/// struct Squatter;
+/// impl Codec for Squatter {
+///     fn id(&self) -> u8 { 7 }
+///     fn name(&self) -> &'static str { "squatter" }
+///     fn encode(&self, _: &CodecContext<'_>, _: Bytes) -> Result<Encoded, CodecError> { Ok(Encoded::Skipped) }
+///     fn decode(&self, _: &CodecContext<'_>, _: &[u8], i: Bytes) -> Result<Bytes, CodecError> { Ok(i) }
+/// }
+/// let mut pipeline = CodecPipeline::new();
+/// assert!(matches!(pipeline.push(Arc::new(Squatter)), Err(IdError::Reserved { id: 7, .. })));
+/// # Ok::<(), CacheError>(())
+/// # }).unwrap();
+/// ```
 pub trait Codec: Send + Sync + 'static {
-    /// The id written into frames.
+    /// The id written into frames (see [the id-range rule](crate::ids)).
     fn id(&self) -> u8;
     /// A short name for errors and metrics.
     fn name(&self) -> &'static str;
@@ -93,13 +159,20 @@ impl CodecPipeline {
         Self::default()
     }
 
-    /// Appends a codec. Fails if another codec already uses its id.
-    pub fn push(&mut self, codec: Arc<dyn Codec>) -> Result<(), crate::error::ConfigError> {
+    /// Appends a codec.
+    ///
+    /// # Errors
+    /// [`IdError::Reserved`] when a third-party codec uses an id reserved for Strata (see
+    /// [the id-range rule](crate::ids)); [`IdError::Duplicate`] when another codec of the
+    /// pipeline already uses its id.
+    pub fn push(&mut self, codec: Arc<dyn Codec>) -> Result<(), IdError> {
+        ids::check(IdKind::Codec, codec.id(), codec.name())?;
         if let Some(other) = self.by_id.get(&codec.id()) {
-            return Err(crate::error::ConfigError::new(
-                "codecs",
-                format!("codecs `{}` and `{}` share id {}", other.name(), codec.name(), codec.id()),
-            ));
+            return Err(IdError::Duplicate {
+                id: codec.id(),
+                first: other.name().to_owned(),
+                second: codec.name().to_owned(),
+            });
         }
         self.by_id.insert(codec.id(), codec.clone());
         self.order.push(codec);
@@ -182,7 +255,10 @@ mod tests {
         let mut p = CodecPipeline::new();
         p.push(Arc::new(Xor(70, false))).unwrap();
         p.push(Arc::new(Xor(71, true))).unwrap();
-        assert!(p.push(Arc::new(Xor(70, false))).is_err());
+        assert!(matches!(p.push(Arc::new(Xor(70, false))), Err(IdError::Duplicate { id: 70, .. })));
+        // Strata's reserved range is refused to a third-party codec.
+        assert!(matches!(p.push(Arc::new(Xor(5, false))), Err(IdError::Reserved { id: 5, .. })));
+        assert_eq!(p.codecs().len(), 2);
         let (steps, out) = p.encode(&ctx, Bytes::from_static(b"hello")).unwrap();
         assert_eq!(steps.len(), 2);
         assert_eq!(p.decode(&ctx, &steps, out.clone()).unwrap(), Bytes::from_static(b"hello"));

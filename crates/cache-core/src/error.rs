@@ -272,6 +272,10 @@ pub enum CacheError {
     /// Invalid configuration.
     #[error(transparent)]
     Config(#[from] ConfigError),
+    /// A codec or serializer id breaks [the id-range rule](crate::ids), or two codecs share
+    /// an id.
+    #[error(transparent)]
+    Id(#[from] crate::ids::IdError),
 }
 
 impl CacheError {

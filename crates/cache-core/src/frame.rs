@@ -5,7 +5,7 @@
 //! 0      2     magic "ST"
 //! 2      1     format version (1)
 //! 3      1     flags (bit 0: negative entry; other bits must be 0)
-//! 4      1     serializer id (1 postcard, 2 json, 128.. plugins)
+//! 4      1     serializer id (1 postcard, 2 json, 64.. third-party: see [`crate::ids`])
 //! 5      8     created        (ms since epoch, little endian)
 //! 13     8     fresh_until    (ms)
 //! 21     8     expires_at     (ms, hard expiry)

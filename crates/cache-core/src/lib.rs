@@ -6,7 +6,11 @@
 //! in leaf crates that implement these traits.
 //!
 //! ## Tour
-//! - Seams: [`Tier`] (byte-level L2/L3; [`BreakerTier`] puts a circuit breaker in front),
+//! - Writing a plugin: `use strata_cache_core::plugin::*;` ([`plugin`]) brings the traits, their
+//!   types and errors, `async_trait` and `Bytes`; each trait's docs open with a complete
+//!   implementation. Codec and serializer ids follow one rule ([`ids`]: 64–255 third-party).
+//! - Seams: [`Tier`] (byte-level L2/L3; [`BreakerTier`] puts a circuit breaker in front and
+//!   reports it through a [`BreakerProbe`]),
 //!   [`LoadLock`] (fleet-wide stampede lock), [`Codec`] + [`CodecPipeline`], [`Serializer`]
 //!   ([`Postcard`], [`Json`]), [`Loader`] / [`Writer`], [`InvalidationBus`] ([`LocalBus`]),
 //!   [`CacheObserver`] ([`CacheStats`], [`NoopObserver`]), [`Clock`] ([`ManualClock`] for tests).
@@ -56,12 +60,14 @@ pub mod error;
 pub mod expiry;
 pub mod frame;
 pub mod freshness;
+pub mod ids;
 pub mod key;
 pub mod l1;
 pub mod lock;
 pub mod meta;
 pub mod observer;
 pub mod options;
+pub mod plugin;
 pub mod recovery;
 pub mod redact;
 pub mod serializer;
@@ -70,7 +76,9 @@ pub mod source;
 pub mod tier;
 
 pub use breaker::{BreakerConfig, BreakerState, BreakerTier, CircuitBreaker};
-pub use bus::{BusEvent, InstanceId, Invalidation, InvalidationBus, InvalidationTarget, LocalBus, Subscription};
+pub use bus::{
+    BusEvent, InstanceId, Invalidation, InvalidationBus, InvalidationTarget, LocalBus, Subscription, SubscriptionSender,
+};
 pub use cache::{
     Cache, CacheBuilder, CacheDefaults, DEFAULT_MAX_VALUE_BYTES, KeyIdHasher, LoadResult, WarmReport, Weigher,
 };
@@ -90,4 +98,4 @@ pub use recovery::TierBacklog;
 pub use serializer::{Json, Postcard, Serializer};
 pub use singleflight::SingleFlight;
 pub use source::{FnLoader, Loader, Writer};
-pub use tier::{MemoryTier, StoredEntry, Tier, TierHealth};
+pub use tier::{BreakerProbe, MemoryTier, StoredEntry, Tier, TierHealth};

@@ -219,6 +219,56 @@ pub enum CacheEvent<'a> {
 
 /// Receives [`CacheEvent`]s. Implementations must be cheap and must not block: they run on
 /// the request path (including inside L1's eviction hook).
+///
+/// [`CacheEvent`] is `#[non_exhaustive]`: match the events you count and ignore the rest.
+///
+/// # Implementing an observer
+/// Counting hits per tier and loads by outcome:
+///
+/// ```
+/// use strata_cache_core::plugin::*;
+/// use std::collections::HashMap;
+/// use std::sync::{Arc, Mutex};
+///
+/// #[derive(Default)]
+/// struct Counts {
+///     hits: Mutex<HashMap<String, u64>>,
+///     loads: Mutex<Vec<LoadOutcome>>,
+/// }
+///
+/// impl CacheObserver for Counts {
+///     fn on_event(&self, event: &CacheEvent<'_>) {
+///         match event {
+///             CacheEvent::Hit { tier, .. } => {
+///                 if let Ok(mut hits) = self.hits.lock() {
+///                     *hits.entry((*tier).to_owned()).or_default() += 1;
+///                 }
+///             }
+///             CacheEvent::Load { outcome, .. } => {
+///                 if let Ok(mut loads) = self.loads.lock() {
+///                     loads.push(*outcome);
+///                 }
+///             }
+///             _ => {}
+///         }
+///     }
+/// }
+///
+/// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+/// let counts = Arc::new(Counts::default());
+/// let cache: Cache<u64, String> = Cache::builder("users")
+///     .observer(counts.clone())
+///     .loader(FnLoader::new(|id: u64| async move { Ok((id < 10).then(|| format!("user-{id}"))) }))
+///     .build()
+///     .await?;
+/// cache.get_or_load(&1).await?;
+/// cache.get_or_load(&1).await?;
+/// cache.get_or_load(&42).await?;
+/// assert_eq!(counts.hits.lock().unwrap().get("l1"), Some(&1));
+/// assert_eq!(*counts.loads.lock().unwrap(), vec![LoadOutcome::Found, LoadOutcome::NotFound]);
+/// # Ok::<(), CacheError>(())
+/// # }).unwrap();
+/// ```
 pub trait CacheObserver: Send + Sync + 'static {
     /// Called for every event. The default ignores it.
     fn on_event(&self, event: &CacheEvent<'_>) {

@@ -8,8 +8,8 @@ use bytes::Bytes;
 use deadpool_redis::redis::{self, Value};
 use futures::future::join_all;
 use strata_cache_core::{
-    BreakerConfig, BreakerState, BreakerTier, CacheObserver, Clock, ConfigError, Key, StoredEntry, SystemClock, Tier,
-    TierError, TierErrorKind, TierHealth, Timestamp,
+    BreakerConfig, BreakerProbe, BreakerState, BreakerTier, CacheObserver, Clock, ConfigError, Key, StoredEntry,
+    SystemClock, Tier, TierError, TierErrorKind, TierHealth, Timestamp,
 };
 
 use crate::breakers::{Breakers, NodeBreaker, counts_as_failure};
@@ -149,6 +149,14 @@ impl RedisTier {
     /// `host:port` (empty on a standalone server, or before the map was read).
     pub fn node_breakers(&self) -> Vec<(String, BreakerState)> {
         self.inner.breakers.as_ref().map(|b| b.node_states()).unwrap_or_default()
+    }
+
+    /// On a cluster, a probe of the worst state among the masters' breakers (open, then
+    /// half-open, then closed); `None` on a standalone server, whose breaker is the
+    /// [`BreakerTier`] around it ([`BreakerTier::probe`]).
+    pub fn breaker_probe(&self) -> Option<BreakerProbe> {
+        let b = self.inner.breakers.clone()?;
+        Some(BreakerProbe::new(move || b.worst()))
     }
 
     /// On a cluster, the master serving `key` in the tier's current slot map (`host:port`).
@@ -695,9 +703,5 @@ impl Tier for RedisTier {
             Ok(_) => TierHealth::Healthy,
             Err(e) => TierHealth::Unhealthy(e.to_string()),
         }
-    }
-
-    fn breaker_state(&self) -> Option<BreakerState> {
-        self.inner.breakers.as_ref().map(|b| b.worst())
     }
 }

@@ -146,6 +146,7 @@ async fn standalone_battery() {
     let Some(redis) = support::standalone() else { return };
     let tier = RedisTier::new(&RedisConfig::standalone(&redis.url).prefix(support::unique_prefix("tier"))).unwrap();
     assert!(!tier.is_cluster());
+    assert!(tier.breaker_probe().is_none(), "a standalone tier's breaker is the BreakerTier around it");
     battery(&tier, std::slice::from_ref(&redis.url)).await;
 }
 
@@ -155,7 +156,9 @@ async fn cluster_battery_and_server_slots() {
     let config = RedisConfig::cluster(cluster.urls.clone()).prefix(support::unique_prefix("ctier"));
     let tier = RedisTier::new(&config).unwrap();
     assert!(tier.is_cluster());
+    let probe = tier.breaker_probe().expect("a cluster tier keeps a breaker per master");
     battery(&tier, &cluster.urls).await;
+    assert_eq!(probe.state(), strata_cache_core::BreakerState::Closed, "every master answered");
 
     // Our slot math agrees with the server's for hostile keys.
     let client = redis::cluster::ClusterClient::new(cluster.urls.clone()).unwrap();

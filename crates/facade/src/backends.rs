@@ -54,6 +54,8 @@ pub struct Topology {
 #[derive(Default)]
 pub(crate) struct Backends {
     pub(crate) tiers: Vec<Arc<dyn Tier>>,
+    /// Probes of the breakers in front of `tiers`, by tier name.
+    pub(crate) breakers: Vec<(String, strata_cache_core::BreakerProbe)>,
     pub(crate) bus: Option<Arc<dyn InvalidationBus>>,
     pub(crate) lock: Option<(Arc<dyn LoadLock>, LockOptions)>,
     pub(crate) topology: Topology,
@@ -110,11 +112,18 @@ pub(crate) async fn connect(
             let tier = RedisTier::new(&rc)?.with_clock(clock.clone());
             // A cluster tier has a breaker per master (a failed master costs only its slots):
             // one breaker for the whole tier on top would open for every slot.
-            let tier: Arc<dyn Tier> = if tier.is_cluster() {
-                Arc::new(tier.with_observer(observer.clone())?)
+            let (tier, probe): (Arc<dyn Tier>, _) = if tier.is_cluster() {
+                let tier = tier.with_observer(observer.clone())?;
+                let probe = tier.breaker_probe();
+                (Arc::new(tier), probe)
             } else {
-                Arc::new(strata_cache_core::BreakerTier::with_observer(tier, rc.breaker.clone(), observer.clone())?)
+                let tier = strata_cache_core::BreakerTier::with_observer(tier, rc.breaker.clone(), observer.clone())?;
+                let probe = tier.probe();
+                (Arc::new(tier), Some(probe))
             };
+            if let Some(p) = probe {
+                out.breakers.push((tier.name().to_owned(), p));
+            }
             let desc = match &r.url {
                 Some(u) => format!("redis standalone {}", redact(u)),
                 None => format!("redis cluster {}", r.cluster.iter().map(|u| redact(u)).collect::<Vec<_>>().join(", ")),
@@ -159,6 +168,7 @@ pub(crate) async fn connect(
             let desc = format!("sql {:?} {} (table {})", tier.backend(), redact(&s.url), tier.table());
             let tier = strata_cache_core::BreakerTier::with_observer(tier, BreakerConfig::default(), observer.clone())?;
             out.topology.tiers.push((tier.name().to_owned(), desc));
+            out.breakers.push((tier.name().to_owned(), tier.probe()));
             out.tiers.push(Arc::new(tier));
         }
         #[cfg(not(feature = "sql"))]

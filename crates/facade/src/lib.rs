@@ -8,6 +8,8 @@
 //!   configuration's `[caches.NAME]` section or [`Preset`].
 //! - [`config`]: TOML plus `STRATA_*` environment overrides, validated.
 //! - [`preset`]: rule / session / analytics / prompt caches.
+//! - [`plugin`]: one `use strata::plugin::*;` for writing a tier, codec, serializer, loader,
+//!   writer, bus, observer (and, with `gpu`, a GPU inventory).
 //! - Everything from [`strata_cache_core`] is re-exported: [`Cache`], the traits ([`Tier`],
 //!   [`Codec`], [`Loader`], [`InvalidationBus`], [`CacheObserver`], ...), [`EntryOptions`].
 //!
@@ -69,6 +71,7 @@ pub mod backends;
 pub mod config;
 #[cfg(all(feature = "consistency", any(feature = "redis", feature = "sql")))]
 pub mod external;
+pub mod plugin;
 pub mod preset;
 #[cfg(all(feature = "consistency", feature = "telemetry"))]
 pub mod write_behind_metrics;
@@ -76,7 +79,7 @@ pub mod write_behind_metrics;
 pub use backends::{ConnectError, Topology};
 pub use config::StrataConfig;
 pub use preset::Preset;
-pub use strata_cache_core::{BreakerConfig, BreakerState, BreakerTier, LoadLock, LockOptions};
+pub use strata_cache_core::{BreakerConfig, BreakerProbe, BreakerState, BreakerTier, LoadLock, LockOptions};
 
 #[cfg(feature = "redis")]
 pub use strata_cache_redis as redis;
@@ -100,6 +103,8 @@ pub struct Strata {
     /// The tiers, bus, lock, observers and clock every cache of this runtime starts from.
     shared: CacheDefaults,
     topology: Arc<Topology>,
+    /// Probes of the breakers in front of the connected tiers, by tier name.
+    breakers: Arc<[(String, BreakerProbe)]>,
     /// Background tasks (the SQL sweeper) that live as long as the runtime.
     _tasks: Arc<dyn std::any::Any + Send + Sync>,
 }
@@ -197,7 +202,13 @@ impl StrataBuilder {
         let tasks: Arc<dyn std::any::Any + Send + Sync> = Arc::new(b.sweeper);
         #[cfg(not(feature = "sql"))]
         let tasks: Arc<dyn std::any::Any + Send + Sync> = Arc::new(());
-        Strata { config: Arc::new(self.config), shared: self.shared, topology: Arc::new(topology), _tasks: tasks }
+        Strata {
+            config: Arc::new(self.config),
+            shared: self.shared,
+            topology: Arc::new(topology),
+            breakers: b.breakers.into(),
+            _tasks: tasks,
+        }
     }
 }
 
@@ -229,6 +240,12 @@ impl Strata {
         d.options = self.config.entry_options_for(name);
         d.l1 = Some(self.config.l1_for(name));
         d
+    }
+
+    /// Probes of the circuit breakers in front of the tiers that [`StrataBuilder::connect`]
+    /// built, by tier name (e.g. for a metrics gauge; tiers added explicitly bring their own).
+    pub fn breakers(&self) -> &[(String, BreakerProbe)] {
+        &self.breakers
     }
 
     /// A builder for the cache `name`, pre-filled with the runtime's tiers, bus, observers and

@@ -49,6 +49,7 @@ mod device_plugin;
 mod error;
 mod model;
 mod nvml;
+pub mod plugin;
 mod static_inventory;
 
 use std::sync::Arc;
@@ -69,6 +70,71 @@ pub use static_inventory::{
 ///
 /// Implementations keep the last [`GpuSnapshot`] and replace it on [`refresh`](Self::refresh);
 /// readers get an `Arc` and never block a refresh for long.
+///
+/// # Implementing an inventory
+/// An inventory fed by an outside agent's device reports (here a function), keeping the last
+/// good snapshot when a report is refused:
+///
+/// ```
+/// use strata_gpu::plugin::*;
+/// use std::sync::{Arc, RwLock};
+///
+/// struct AgentInventory {
+///     last: RwLock<Arc<GpuSnapshot>>,
+///     report: fn() -> Vec<GpuDevice>,
+/// }
+///
+/// impl GpuInventory for AgentInventory {
+///     fn snapshot(&self) -> Arc<GpuSnapshot> {
+///         self.last.read().map(|s| s.clone()).unwrap_or_default()
+///     }
+///     fn refresh(&self) -> Result<Arc<GpuSnapshot>, GpuError> {
+///         let devices = (self.report)();
+///         if let Some(d) = devices.iter().find(|d| d.memory_used_bytes > d.memory_total_bytes) {
+///             // The previous snapshot stays in place.
+///             return Err(GpuError::InvalidConfig(format!("GPU {} reports more memory used than it has", d.index)));
+///         }
+///         let links = vec![GpuLink { a: 0, b: 1, interconnect: Interconnect::NvLink { links: 12 } }];
+///         let snapshot = Arc::new(GpuSnapshot { devices, links });
+///         *self.last.write().map_err(|_| GpuError::InvalidConfig("inventory lock poisoned".into()))? =
+///             snapshot.clone();
+///         Ok(snapshot)
+///     }
+///     fn backend(&self) -> &'static str {
+///         "agent"
+///     }
+/// }
+///
+/// fn two_gpus() -> Vec<GpuDevice> {
+///     (0..2)
+///         .map(|index| GpuDevice {
+///             index,
+///             uuid: format!("GPU-{index}"),
+///             name: "NVIDIA H100 80GB HBM3".into(),
+///             memory_total_bytes: 80 * GIB,
+///             memory_used_bytes: GIB,
+///             utilization_percent: Some(10),
+///             mig_enabled: false,
+///             mig_instances: Vec::new(),
+///             numa_node: Some(0),
+///             pci_bus_id: None,
+///         })
+///         .collect()
+/// }
+///
+/// let inventory: Arc<dyn GpuInventory> =
+///     Arc::new(AgentInventory { last: RwLock::default(), report: two_gpus });
+/// assert!(inventory.snapshot().is_empty(), "nothing before the first refresh");
+/// let snap = inventory.refresh()?;
+/// assert_eq!(snap.devices.len(), 2);
+/// assert_eq!(snap.interconnect(1, 0), Some(Interconnect::NvLink { links: 12 }));
+/// assert_eq!(inventory.snapshot(), snap);
+/// assert_eq!(inventory.backend(), "agent");
+/// // What the Kubernetes device plugin would advertise for it.
+/// let ads = advertised_resources(&snap, &DevicePluginConfig::default())?;
+/// assert_eq!(ads.count(GPU_RESOURCE), 2);
+/// # Ok::<(), GpuError>(())
+/// ```
 pub trait GpuInventory: Send + Sync + 'static {
     /// The last known view (empty before the first successful refresh).
     fn snapshot(&self) -> Arc<GpuSnapshot>;

@@ -46,8 +46,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .build()
         .await?;
     metrics.watch_cache(&cache);
-    let b = l2_breaker.clone();
-    metrics.watch_breaker("l2", move || strata_cache_core::Tier::breaker_state(&*b));
+    let probe = l2_breaker.probe();
+    metrics.watch_breaker("l2", move || Some(probe.state()));
 
     let gpus = SimulatedInventory::builder().gpus(2, "NVIDIA A100-SXM4-80GB", 80).build()?;
     let inventory: Arc<dyn GpuInventory> = Arc::new(gpus);

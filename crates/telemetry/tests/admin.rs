@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use strata_cache_core::{BreakerConfig, BreakerTier, Cache, FnLoader, MemoryTier, Postcard, Tier};
+use strata_cache_core::{BreakerConfig, BreakerTier, Cache, FnLoader, MemoryTier, Postcard};
 use strata_resource_qos::{ResourceKind, ResourceManager};
 use strata_telemetry::PrometheusObserver;
 use strata_telemetry::admin::{
@@ -195,7 +195,7 @@ async fn open_breaker_makes_the_tier_unavailable() {
     for k in 0..6 {
         let _ = cache.get_or_load(&k).await;
     }
-    assert_eq!(breaker.breaker_state(), Some(strata_cache_core::BreakerState::Open));
+    assert_eq!(breaker.state(), strata_cache_core::BreakerState::Open);
     // The tier is back, but the breaker is still open: health reports it from the metrics.
     l2.set_failing(false);
     let report = CacheHealth::new(cache, Some(metrics.clone())).health().await;

@@ -332,6 +332,9 @@ where
         for c in d.codecs {
             pipeline.push(c)?;
         }
+        if let Some(s) = &self.serializer {
+            crate::ids::check(crate::ids::IdKind::Serializer, s.id(), s.name())?;
+        }
         let name: Arc<str> = Arc::from(self.name.as_str());
         let observers = Observers(d.observers.into());
         let l1 = d.l1.map(|c| L1Cache::new(c, name.clone(), observers.clone())).transpose()?;

@@ -133,9 +133,9 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         .await?;
 
     metrics.watch_cache(&products);
-    for tier in strata.tiers() {
-        let t = tier.clone();
-        metrics.watch_breaker(tier.name(), move || t.breaker_state());
+    for (tier, probe) in strata.breakers() {
+        let p = probe.clone();
+        metrics.watch_breaker(tier, move || Some(p.state()));
     }
     // A resource manager on a simulated 4-GPU node, fed by a stream of jobs.
     let inventory = SimulatedInventory::builder().gpus(4, "simulated H100 80GB", 80).nvlink_all(18).build()?;

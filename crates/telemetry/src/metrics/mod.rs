@@ -420,8 +420,8 @@ impl PrometheusObserver {
         self.watch_l1(cache.name(), move || c.l1().map_or((0, 0), |l1| (l1.len() as u64, l1.weight())));
     }
 
-    /// Reports `tier`'s breaker state at scrape time (e.g. `move || tier.breaker_state()` for
-    /// a [`strata_cache_core::BreakerTier`]); complements
+    /// Reports `tier`'s breaker state at scrape time (e.g. `move || Some(probe.state())` with
+    /// the probe of a [`strata_cache_core::BreakerTier`]); complements
     /// [`CacheEvent::BreakerTransition`](strata_cache_core::CacheEvent::BreakerTransition).
     pub fn watch_breaker(&self, tier: &str, probe: impl Fn() -> Option<BreakerState> + Send + Sync + 'static) {
         let label = self.caps.tiers.admit(tier);
