@@ -11,8 +11,11 @@
 //! - Everything from [`strata_cache_core`] is re-exported: [`Cache`], the traits ([`Tier`],
 //!   [`Codec`], [`Loader`], [`InvalidationBus`], [`CacheObserver`], ...), [`EntryOptions`].
 //!
-//! Leaf crates join through features as they land (`redis`, `sql`, `security`, `telemetry`,
-//! `gpu`); a crate that is not enabled pulls in none of its dependencies.
+//! Leaf crates join through features (`redis`, `sql`, `consistency`, `security`; telemetry as
+//! `prometheus`, `otel` and `admin`, or all three as `telemetry`; the resource manager as
+//! `resources`, plus the NVML inventory as `gpu`); a crate or part that is not enabled pulls in
+//! none of its dependencies: `prometheus` alone compiles no HTTP server, no OpenTelemetry, no
+//! resource manager and no NVML.
 //!
 //! ```
 //! use std::sync::Arc;
@@ -68,13 +71,13 @@ pub use strata_cache_redis as redis;
 pub use strata_cache_sql as sql;
 #[cfg(feature = "consistency")]
 pub use strata_consistency as consistency;
-#[cfg(feature = "gpu")]
+#[cfg(feature = "resources")]
 pub use strata_gpu as gpu;
-#[cfg(feature = "gpu")]
+#[cfg(feature = "resources")]
 pub use strata_resource_qos as resource_qos;
 #[cfg(feature = "security")]
 pub use strata_security as security;
-#[cfg(feature = "telemetry")]
+#[cfg(any(feature = "prometheus", feature = "otel"))]
 pub use strata_telemetry as telemetry;
 
 /// A runtime shared by named caches.

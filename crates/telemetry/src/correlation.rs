@@ -2,8 +2,8 @@
 //! line.
 //!
 //! [`current`] returns the id set with [`with_correlation`] (a tokio task-local) if any, else
-//! the OpenTelemetry trace id of the current `tracing` span (when the
-//! [`tracing_setup`](crate::tracing_setup) layer is installed and the span is sampled).
+//! the OpenTelemetry trace id of the current `tracing` span (with the `otel` feature, when the
+//! `tracing_setup` layer is installed and the span is sampled).
 //! [`CorrelationFormat`] wraps a `tracing-subscriber` event formatter and prefixes each line
 //! with `correlation_id=<id>`; [`CorrelationLayer`] (added after the OpenTelemetry layer)
 //! stores each span's trace id so that the formatter finds it (a subscriber cannot ask
@@ -22,15 +22,20 @@
 
 use std::fmt;
 
+#[cfg(feature = "otel")]
 use opentelemetry::trace::TraceContextExt;
 use std::sync::OnceLock;
+#[cfg(feature = "otel")]
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 use tracing::dispatcher::{Dispatch, WeakDispatch};
+#[cfg(feature = "otel")]
 use tracing::span;
 use tracing_subscriber::fmt::format::Writer;
 use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields};
-use tracing_subscriber::layer::{Context, Layer};
+#[cfg(feature = "otel")]
+use tracing_subscriber::layer::Context;
+use tracing_subscriber::layer::Layer;
 use tracing_subscriber::registry::LookupSpan;
 
 use crate::TelemetryError;
@@ -110,7 +115,9 @@ pub fn current() -> Option<CorrelationId> {
     current_trace_id()
 }
 
-/// The OpenTelemetry trace id of the current `tracing` span, if it has a valid one.
+/// The OpenTelemetry trace id of the current `tracing` span, if it has a valid one (always
+/// `None` without the `otel` feature).
+#[cfg(feature = "otel")]
 pub fn current_trace_id() -> Option<CorrelationId> {
     let span = tracing::Span::current();
     if span.is_disabled() {
@@ -121,13 +128,22 @@ pub fn current_trace_id() -> Option<CorrelationId> {
     sc.is_valid().then(|| CorrelationId(sc.trace_id().to_string().into()))
 }
 
+/// The OpenTelemetry trace id of the current `tracing` span, if it has a valid one (always
+/// `None` without the `otel` feature).
+#[cfg(not(feature = "otel"))]
+pub fn current_trace_id() -> Option<CorrelationId> {
+    None
+}
+
 /// The trace id of a span, stored in its extensions by [`CorrelationLayer`].
 #[derive(Debug, Clone)]
+#[cfg_attr(not(feature = "otel"), allow(dead_code))] // only the otel layer creates it
 struct SpanCorrelation(CorrelationId);
 
 /// A layer that records each new span's OpenTelemetry trace id for [`CorrelationFormat`].
 ///
-/// Add it after the `tracing-opentelemetry` layer (it reads what that layer created).
+/// Add it after the `tracing-opentelemetry` layer (it reads what that layer created). Without
+/// the `otel` feature there are no trace ids and the layer records nothing.
 #[derive(Debug, Default)]
 pub struct CorrelationLayer {
     dispatch: OnceLock<WeakDispatch>,
@@ -148,6 +164,7 @@ where
         let _ = self.dispatch.set(subscriber.downgrade());
     }
 
+    #[cfg(feature = "otel")]
     fn on_new_span(&self, _attrs: &span::Attributes<'_>, id: &span::Id, ctx: Context<'_, S>) {
         let Some(dispatch) = self.dispatch.get().and_then(WeakDispatch::upgrade) else { return };
         let Some(cx) = tracing_opentelemetry::get_otel_context(id, &dispatch) else { return };

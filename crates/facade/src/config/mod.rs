@@ -244,7 +244,7 @@ impl StrataConfig {
         }
         if let Some(a) = &self.admin {
             a.listen_addr()?;
-            #[cfg(feature = "telemetry")]
+            #[cfg(feature = "admin")]
             let _checked = a.admin_config()?;
         }
         Ok(())

@@ -205,7 +205,7 @@ impl AdminSettings {
     /// A [`ConfigError`] naming the setting: `admin.listen` not a socket address, `admin.token`
     /// missing for a non-loopback `listen` or malformed (the token is never shown),
     /// `admin.allowed_hosts` or a limit out of range.
-    #[cfg(feature = "telemetry")]
+    #[cfg(feature = "admin")]
     pub fn admin_config(&self) -> Result<(std::net::SocketAddr, strata_telemetry::admin::AdminConfig), ConfigError> {
         use strata_telemetry::TelemetryError;
         use strata_telemetry::admin::{AdminConfig, AdminToken};

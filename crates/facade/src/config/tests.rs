@@ -130,7 +130,7 @@ fn the_admin_token_comes_from_the_environment_and_is_never_shown() {
     }
 }
 
-#[cfg(feature = "telemetry")]
+#[cfg(feature = "admin")]
 #[test]
 fn admin_settings_are_checked_at_load() {
     type Case<'a> = (&'a str, &'a [(&'a str, &'a str)], &'a str);
