@@ -3,7 +3,9 @@
 //! - `ci`       fmt check, clippy -D warnings, per-feature checks of the facade, tests (nextest
 //!   when installed) and doctests, docs with broken links denied, cargo-deny, layering check
 //! - `test`     tests and doctests only
-//! - `demo`     the main job: a Zipf workload through the facade (release build)
+//! - `demo`     the main job: a Zipf workload through the facade (release build, with cargo's
+//!   progress); flags after it go to the demo (`cargo xtask demo --serve` keeps the dashboard
+//!   up until Ctrl-C, `--requests N`, `--rate N`, `--linger SECS`)
 //! - `bench`    criterion benches (short measurement; pass extra args after `--`)
 //! - `deny`     cargo-deny (installed if missing)
 //! - `layering` the crate layering check alone
@@ -25,7 +27,6 @@ use std::time::Instant;
 mod feature_tree;
 mod fuzz;
 mod public_api;
-mod services;
 mod telemetry_checks;
 
 type Result<T = ()> = std::result::Result<T, String>;
@@ -39,7 +40,7 @@ fn main() -> ExitCode {
     let result = match cmd {
         "ci" => ci(),
         "test" => test(),
-        "demo" => demo(),
+        "demo" => demo(&rest),
         "bench" => bench(&rest),
         "deny" => deny(),
         "layering" => layering(),
@@ -126,7 +127,7 @@ fn features() -> Result {
 /// MariaDB are the machine's services, each test using a fresh schema. With `CI=true` every
 /// integration test treats a missing service as a failure.
 fn test() -> Result {
-    let (vars, _guards) = services::test_env()?;
+    let (vars, _guards) = strata_testkit::redis::test_env()?;
     for (k, v) in &vars {
         eprintln!("  {k}={v}");
     }
@@ -162,7 +163,7 @@ fn test() -> Result {
 }
 
 fn services_forever() -> Result {
-    let (vars, _guards) = services::test_env()?;
+    let (vars, _guards) = strata_testkit::redis::test_env()?;
     for (k, v) in &vars {
         println!("export {k}={v}");
     }
@@ -186,8 +187,13 @@ fn docs() -> Result {
         .env("RUSTDOCFLAGS", "-D warnings -D rustdoc::broken_intra_doc_links"))
 }
 
-fn demo() -> Result {
-    run(cargo().args(["run", "--release", "--quiet", "-p", "strata", "--features", "full", "--bin", "strata-demo"]))
+/// Builds the demo with cargo's progress shown (a first release build takes minutes), then runs
+/// it without cargo's chatter, passing `extra` through.
+fn demo(extra: &[String]) -> Result {
+    const TARGET: [&str; 8] = ["--release", "-p", "strata", "--features", "full", "--bin", "strata-demo", "--quiet"];
+    eprintln!("xtask demo: building strata-demo (release; the first build takes several minutes)");
+    run(cargo().arg("build").args(&TARGET[..7]))?;
+    run(cargo().arg("run").args(TARGET).arg("--").args(extra))
 }
 
 fn bench(extra: &[String]) -> Result {

@@ -17,6 +17,8 @@
 //! - Data: [`Key`] (cache, [`Namespace`], id), [`EntryMeta`], [`EntryOptions`], [`frame`].
 //! - Machinery: [`L1Cache`] (quick_cache underneath), [`SingleFlight`], [`expiry`] (jitter and
 //!   XFetch).
+//! - Helpers for the crates above: [`redact`] (URLs without credentials), [`text`] (hex, Redis
+//!   glob escaping).
 //!
 //! ## One read, end to end
 //! [`Cache::get_or_load`]: L1 fresh hit → return (and maybe refresh early in the background,
@@ -73,6 +75,7 @@ pub mod redact;
 pub mod serializer;
 pub mod singleflight;
 pub mod source;
+pub mod text;
 pub mod tier;
 
 pub use breaker::{BreakerConfig, BreakerState, BreakerTier, CircuitBreaker};

@@ -490,18 +490,6 @@ impl RedisTier {
     }
 }
 
-/// Escapes Redis glob characters (`*`, `?`, `[`, `]`, `\\`) so that `s` matches only itself.
-fn glob_escape(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for c in s.chars() {
-        if matches!(c, '*' | '?' | '[' | ']' | '\\') {
-            out.push('\\');
-        }
-        out.push(c);
-    }
-    out
-}
-
 /// A `MOVED`/`ASK` redirect.
 fn is_redirect(e: &redis::RedisError) -> bool {
     matches!(e.kind(), redis::ErrorKind::Server(redis::ServerErrorKind::Moved | redis::ServerErrorKind::Ask))
@@ -668,7 +656,7 @@ impl Tier for RedisTier {
         }
         // Cache and namespace names are `[A-Za-z0-9_.-]`: only the prefix can hold glob
         // characters. Entries are `cache:ns:id` or `cache:ns#hash`; tag sets `!tag:cache:ns:tag`.
-        let prefix = glob_escape(self.inner.keys.prefix());
+        let prefix = strata_cache_core::text::escape_glob(self.inner.keys.prefix());
         let patterns = [
             format!("{prefix}{cache}:{namespace}:*"),
             format!("{prefix}{cache}:{namespace}#*"),

@@ -105,6 +105,8 @@ pub struct Strata {
     topology: Arc<Topology>,
     /// Probes of the breakers in front of the connected tiers, by tier name.
     breakers: Arc<[(String, BreakerProbe)]>,
+    /// Each configured cache's `[caches.NAME.security]`, resolved.
+    security: Arc<config::SecurityState>,
     /// Background tasks (the SQL sweeper) that live as long as the runtime.
     _tasks: Arc<dyn std::any::Any + Send + Sync>,
 }
@@ -168,23 +170,31 @@ impl StrataBuilder {
 
     /// Builds the runtime from the tiers and bus given explicitly (the configuration's
     /// `[redis]` / `[sql]` sections are not connected: use [`StrataBuilder::connect`]).
+    /// `[caches.NAME.security]` sections are resolved; one that fails is logged and its cache
+    /// fails closed ([`StrataBuilder::connect`] returns the error instead).
     pub fn build(self) -> Strata {
-        self.assemble(backends::Backends::default())
+        let security = config::SecurityState::resolve(&self.config);
+        self.assemble(backends::Backends::default(), security)
     }
 
     /// Connects the backends the configuration names — `[redis]` (tier behind a circuit
     /// breaker, pub/sub backplane unless `bus = false`, stampede lock when `lock = true`) and
     /// `[sql]` (tier behind a circuit breaker, expired-row sweeper) — below any tiers added
     /// explicitly, then builds the runtime. Breaker transitions go to the observers added so far.
+    /// `[caches.NAME.security]` sections are resolved first (keyrings, secrets, audit logs).
     pub async fn connect(self) -> Result<Strata, ConnectError> {
+        let security = config::SecurityState::resolve(&self.config);
+        if let Some(e) = security.first_error() {
+            return Err(ConfigError::from(e.clone()).into());
+        }
         let fanout: Arc<dyn CacheObserver> = Arc::new(backends::Fanout(self.shared.observers.clone()));
         let b = backends::connect(&self.config, fanout, self.shared.clock.clone()).await?;
-        Ok(self.assemble(b))
+        Ok(self.assemble(b, security))
     }
 
     /// The runtime from the explicitly added tiers and bus plus the connected `b` (below them;
     /// an explicit bus wins).
-    fn assemble(mut self, b: backends::Backends) -> Strata {
+    fn assemble(mut self, b: backends::Backends, security: config::SecurityState) -> Strata {
         let shared = &mut self.shared;
         let mut topology = Topology {
             tiers: shared.tiers.iter().map(|t| (t.name().to_owned(), "custom".to_owned())).collect(),
@@ -207,6 +217,7 @@ impl StrataBuilder {
             shared: self.shared,
             topology: Arc::new(topology),
             breakers: b.breakers.into(),
+            security: Arc::new(security),
             _tasks: tasks,
         }
     }
@@ -256,7 +267,15 @@ impl Strata {
         K: CacheKey,
         V: Serialize + DeserializeOwned + Send + Sync + 'static,
     {
-        Cache::<K, V>::builder(name).defaults(self.cache_defaults(name)).serializer(Postcard)
+        let b = Cache::<K, V>::builder(name).defaults(self.cache_defaults(name)).serializer(Postcard);
+        self.security.apply(name, b)
+    }
+
+    /// Cache `name`'s security from `[caches.NAME.security]` (codec, PII policy, audit sink),
+    /// when configured and resolved.
+    #[cfg(feature = "security")]
+    pub fn security(&self, name: &str) -> Option<&Arc<config::CacheSecurity>> {
+        self.security.get(name)
     }
 
     /// A builder for cache `name` starting from `preset` (configuration overrides still apply

@@ -11,9 +11,7 @@
 
 mod common;
 
-use std::net::TcpListener;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -25,67 +23,13 @@ const DEADLINE: Duration = Duration::from_secs(60);
 
 /// A `redis-server` with `appendonly yes` (fsync always) in its own directory, which can be
 /// SIGKILLed and restarted from its AOF on the same port.
-struct AofRedis {
-    dir: tempfile::TempDir,
-    port: u16,
-    child: Option<Child>,
+fn aof_redis() -> Option<common::Server> {
+    common::Server::start_aof()
 }
 
-impl AofRedis {
-    fn start() -> Option<Self> {
-        let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        let mut r = Self { dir: tempfile::tempdir().unwrap(), port, child: None };
-        if let Err(e) = r.spawn() {
-            assert!(!common::ci(), "CI=true and redis-server cannot start: {e}");
-            eprintln!("skipping: redis-server not available ({e})");
-            return None;
-        }
-        Some(r)
-    }
-
-    fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
-    }
-
-    fn spawn(&mut self) -> std::io::Result<()> {
-        let child = Command::new("redis-server")
-            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1", "--save", ""])
-            .args(["--appendonly", "yes", "--appendfsync", "always"])
-            .arg("--dir")
-            .arg(self.dir.path())
-            .stdout(Stdio::null())
-            .spawn()?;
-        self.child = Some(child);
-        // Ready once it answers PING (not LOADING).
-        let deadline = Instant::now() + DEADLINE;
-        loop {
-            let out = Command::new("redis-cli").args(["-p", &self.port.to_string(), "PING"]).output();
-            if out.as_ref().is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "PONG") {
-                return Ok(());
-            }
-            assert!(Instant::now() < deadline, "redis-server did not start: {out:?}");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    /// SIGKILL (no shutdown, no final save: only what the AOF already holds survives).
-    fn kill(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            c.kill().unwrap();
-            c.wait().unwrap();
-        }
-    }
-
-    fn exists(&self, key: &str) -> bool {
-        let out = Command::new("redis-cli").args(["-p", &self.port.to_string(), "--raw", "EXISTS", key]).output();
-        out.is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "1")
-    }
-}
-
-impl Drop for AofRedis {
-    fn drop(&mut self) {
-        self.kill();
-    }
+/// Whether `key` exists on `redis`.
+fn exists(redis: &common::Server, key: &str) -> bool {
+    redis.cli(&["--raw", "EXISTS", key]).is_some_and(|o| o.trim() == "1")
 }
 
 fn config(redis: &str, db: &Path) -> StrataConfig {
@@ -143,7 +87,7 @@ fn expected(during: During) -> Vec<Option<String>> {
 }
 
 async fn outage_then_aof_restart(during: During) {
-    let Some(mut redis) = AofRedis::start() else { return };
+    let Some(mut redis) = aof_redis() else { return };
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("l3.db");
     let url = redis.url();
@@ -166,7 +110,7 @@ async fn outage_then_aof_restart(during: During) {
     let old: Vec<Option<String>> = (0..N).map(|i| Some(v1(i))).collect();
     assert_eq!(all_read(&b).await, old);
     assert_eq!(all_read(&c).await, old);
-    assert!(redis.exists("rec:items:default:0"), "v1 is in Redis (and its AOF)");
+    assert!(exists(&redis, "rec:items:default:0"), "v1 is in Redis (and its AOF)");
 
     redis.kill();
     match during {
@@ -197,7 +141,7 @@ async fn outage_then_aof_restart(during: During) {
     assert_eq!(all_read(&a).await, expected(during));
 
     // Redis comes back from its AOF, holding v1 again.
-    redis.spawn().unwrap();
+    redis.restart();
     recovered(&a).await;
 
     // Without clear_l1 the other instances' L1s are cleared by the bus (resync on reconnect).
@@ -246,7 +190,7 @@ async fn an_overflowed_recovery_bound_still_serves_no_old_value() {
 /// the reader's refill surely comes first.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_instance_that_read_the_restored_redis_before_the_replay_drops_what_it_read() {
-    let Some(mut redis) = AofRedis::start() else { return };
+    let Some(mut redis) = aof_redis() else { return };
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("l3.db");
     let url = redis.url();
@@ -266,7 +210,7 @@ async fn an_instance_that_read_the_restored_redis_before_the_replay_drops_what_i
     }
     assert_eq!(a.pending_recovery()[0].pending, N as usize);
     let resyncs_before = b_stats.resyncs();
-    redis.spawn().unwrap();
+    redis.restart();
     // b's bus reconnects and resyncs (its L1 is cleared); only then does it read, so what it
     // reads next comes from the restored Redis: the AOF's v1 (the documented window).
     let deadline = Instant::now() + DEADLINE;

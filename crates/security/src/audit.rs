@@ -255,11 +255,11 @@ impl Hasher {
 
     fn hash(&self, data: &[u8]) -> String {
         match self {
-            Hasher::Plain => crate::hex::encode(&Sha256::digest(data)),
+            Hasher::Plain => strata_cache_core::text::hex::encode(&Sha256::digest(data)),
             Hasher::Keyed(mac) => {
                 let mut mac = mac.clone();
                 mac.update(data);
-                crate::hex::encode(&mac.finalize().into_bytes())
+                strata_cache_core::text::hex::encode(&mac.finalize().into_bytes())
             }
         }
     }
@@ -279,7 +279,7 @@ pub fn parse_line(line: &str) -> Result<ChainedRecord, AuditError> {
     let rec: ChainedRecord =
         serde_json::from_str(line).map_err(|e| AuditError::Parse { line: 0, reason: e.to_string() })?;
     for (name, h) in [("prev_hash", &rec.prev_hash), ("hash", &rec.hash)] {
-        if !crate::hex::is_lower_hex(h, 64) {
+        if !strata_cache_core::text::hex::is_lower_hex(h, 64) {
             return Err(AuditError::Parse { line: 0, reason: format!("{name} is not 64 lower-case hex digits") });
         }
     }

@@ -100,23 +100,7 @@ fn wildcard_match(p: &[u8], t: &[u8]) -> bool {
     p[pi..].iter().all(|&b| b == b'*')
 }
 
-/// Escapes a literal (a key id) for use inside a Redis glob (`SCAN … MATCH`, `KEYS`): `*`, `?`,
-/// `[`, `]` and `\` get a backslash, so a key id such as `a*` matches only itself and cannot
-/// widen an invalidation to `ab`, `ac`, …
-///
-/// ```
-/// assert_eq!(strata_security::escape_glob(r"a*b?[c]\d"), r"a\*b\?\[c\]\\d");
-/// ```
-pub fn escape_glob(literal: &str) -> String {
-    let mut out = String::with_capacity(literal.len() + 4);
-    for c in literal.chars() {
-        if matches!(c, '*' | '?' | '[' | ']' | '\\') {
-            out.push('\\');
-        }
-        out.push(c);
-    }
-    out
-}
+pub use strata_cache_core::text::escape_glob;
 
 /// Redis's glob matcher (`stringmatchlen` in `util.c`), for testing escaped patterns without a
 /// server: `*`, `?`, `[abc]`, `[^a]`, `[a-z]`, `\x`.

@@ -78,7 +78,7 @@ impl HmacKeyIds {
             }
         }
         let out = mac.finalize().into_bytes();
-        crate::hex::encode(&out[..HASH_BYTES])
+        strata_cache_core::text::hex::encode(&out[..HASH_BYTES])
     }
 }
 
@@ -106,6 +106,6 @@ mod tests {
         let k1 = Key::new("c", Namespace::new("ab").unwrap(), "c").unwrap();
         let k2 = Key::new("c", Namespace::new("a").unwrap(), "bc").unwrap();
         assert_ne!(a.hash_key(&k1), a.hash_key(&k2));
-        assert!(crate::hex::is_lower_hex(&a.hash_key(&k1), 2 * HASH_BYTES));
+        assert!(strata_cache_core::text::hex::is_lower_hex(&a.hash_key(&k1), 2 * HASH_BYTES));
     }
 }

@@ -73,7 +73,6 @@ pub mod compress;
 pub mod correlation;
 pub mod encrypt;
 pub mod glob;
-mod hex;
 pub mod keyhash;
 pub mod keys;
 pub mod pii;

@@ -1,4 +1,8 @@
-//! Test support shared by Strata's integration tests (a dev-dependency only).
+//! Test support shared by Strata's integration tests and `cargo xtask` (a dev-dependency only;
+//! the standard library only).
+//!
+//! - `lib.rs`: when a missing service fails a test ([`services_required`], [`missing_service`]).
+//! - [`redis`]: throwaway `redis-server` processes (standalone, AOF, clusters with replicas).
 //!
 //! One rule decides whether a missing service (Redis, PostgreSQL, MariaDB, …) fails a test or
 //! skips it: [`services_required`]. It is true when the `CI` environment variable is set to
@@ -17,6 +21,8 @@
 //!     }
 //! }
 //! ```
+
+pub mod redis;
 
 /// Whether a missing service must fail the test (`CI=true` or `CI=1`, any case) rather than skip
 /// it.

@@ -15,7 +15,8 @@
 //! small training jobs, so the dashboard's resource panel has something to show.
 //!
 //! Flags: `--requests N` (default 200000), `--linger SECS` (keep serving the dashboard after the
-//! workload; default 0), `--rate N` (requests per second in total, default unlimited).
+//! workload; default 0), `--serve` (keep serving it until Ctrl-C), `--rate N` (requests per
+//! second in total, default unlimited). Latencies are shown in the unit that fits (ns, µs, ms).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -44,22 +45,29 @@ struct Product {
 struct Args {
     requests: u64,
     linger: Duration,
+    serve: bool,
     rate: Option<u64>,
 }
 
 fn parse_args() -> Result<Args, String> {
-    let mut a = Args { requests: 200_000, linger: Duration::ZERO, rate: None };
+    let mut a = Args { requests: 200_000, linger: Duration::ZERO, serve: false, rate: None };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
         let mut value = |name: &str| -> Result<u64, String> {
             let v = it.next().ok_or_else(|| format!("{name} needs a value"))?;
             v.parse().map_err(|e| format!("{name} {v:?}: {e}"))
         };
+        if flag == "--serve" {
+            a.serve = true;
+            continue;
+        }
         match flag.as_str() {
             "--requests" => a.requests = value("--requests")?.max(CLIENTS),
             "--linger" => a.linger = Duration::from_secs(value("--linger")?),
             "--rate" => a.rate = Some(value("--rate")?.max(1)),
-            other => return Err(format!("unknown flag {other:?} (use --requests N, --linger SECS, --rate N)")),
+            other => {
+                return Err(format!("unknown flag {other:?} (use --requests N, --linger SECS, --serve, --rate N)"));
+            }
         }
     }
     Ok(a)
@@ -209,7 +217,7 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
                 let key = zipf.sample(&mut rng) as u64;
                 let t = Instant::now();
                 let p = products.get_or_load(&key).await.map_err(|e| e.to_string())?;
-                lat.push(t.elapsed().as_micros() as u64);
+                lat.push(u64::try_from(t.elapsed().as_nanos()).unwrap_or(u64::MAX));
                 if p.map(|p| p.id) != Some(key) {
                     return Err(format!("wrong value for key {key}"));
                 }
@@ -262,22 +270,63 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     row("coalesced waiters", stats.coalesced().to_string());
     row("loader calls", loader_calls.load(Ordering::Relaxed).to_string());
     row("L1 evictions", stats.evictions().to_string());
-    row("p50 latency", format!("{} µs", pct(0.50)));
-    row("p99 latency", format!("{} µs", pct(0.99)));
-    row("p99.9 latency", format!("{} µs", pct(0.999)));
+    row("p50 latency", latency(pct(0.50)));
+    row("p99 latency", latency(pct(0.99)));
+    row("p99.9 latency", latency(pct(0.999)));
     row("GPU jobs admitted", admitted.load(Ordering::Relaxed).to_string());
     println!("  └──────────────────────────┴──────────────┘");
 
+    if args.serve {
+        // Ctrl-C ends the process (there is nothing left to flush): remove the temporary SQLite
+        // files now; on Unix the open database keeps working until then.
+        remove_temp_db(temp_db.as_deref());
+        println!("\n  serving the dashboard at http://{addr}/dashboard until you press Ctrl-C");
+        std::future::pending::<()>().await;
+    }
     if !args.linger.is_zero() {
-        println!("  serving the dashboard for {} more seconds", args.linger.as_secs());
+        println!("  serving the dashboard at http://{addr}/dashboard for {} more seconds", args.linger.as_secs());
         tokio::time::sleep(args.linger).await;
+    } else {
+        println!("\n  (the dashboard stopped with the demo: `cargo xtask demo --serve` keeps it up until Ctrl-C)");
     }
     server.abort();
     jobs.abort();
-    if let Some(p) = temp_db {
+    remove_temp_db(temp_db.as_deref());
+    Ok(())
+}
+
+fn remove_temp_db(path: Option<&std::path::Path>) {
+    if let Some(p) = path {
         for suffix in ["", "-wal", "-shm"] {
             let _ = std::fs::remove_file(format!("{}{suffix}", p.display()));
         }
     }
-    Ok(())
+}
+
+/// A latency in nanoseconds, in the unit that fits: `850 ns`, `12.3 µs`, `4.56 ms`, `1.20 s`.
+fn latency(ns: u64) -> String {
+    match ns {
+        0..1_000 => format!("{ns} ns"),
+        1_000..1_000_000 => format!("{:.1} µs", ns as f64 / 1e3),
+        1_000_000..1_000_000_000 => format!("{:.2} ms", ns as f64 / 1e6),
+        _ => format!("{:.2} s", ns as f64 / 1e9),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::latency;
+
+    #[test]
+    fn latencies_use_the_unit_that_fits() {
+        assert_eq!(latency(0), "0 ns");
+        assert_eq!(latency(850), "850 ns");
+        assert_eq!(latency(999), "999 ns");
+        assert_eq!(latency(1_000), "1.0 µs");
+        assert_eq!(latency(12_345), "12.3 µs");
+        assert_eq!(latency(999_949), "999.9 µs");
+        assert_eq!(latency(4_560_000), "4.56 ms");
+        assert_eq!(latency(1_200_000_000), "1.20 s");
+        assert_eq!(latency(u64::MAX), "18446744073.71 s");
+    }
 }
