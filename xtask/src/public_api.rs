@@ -35,6 +35,10 @@ pub(crate) const ALLOWED: &[(&str, &str)] = &[
         "bytes",
         "Bytes is the Tier value type (BytesMut its builder); bytes 1.x is stable, re-exported by the plugin prelude",
     ),
+    (
+        "async_trait::async_trait",
+        "the attribute macro plugin authors put on their impls, re-exported by the plugin prelude so they need not add the crate",
+    ),
     ("serde::Serialize", "the value contract of Cache<V> and Serializer; serde 1.x is the ecosystem's"),
     ("serde::de::DeserializeOwned", "as Serialize: the bound for values read back from a tier"),
     ("futures::Stream", "the one Stream trait (futures-core 0.3, stable for years) until std has one"),
