@@ -51,7 +51,7 @@ impl Default for ManagerConfig {
             default_timeout_ms: 30_000,
             max_waiters: 1024,
             grace_period_ms: 30_000,
-            breaker: BreakerConfig::default(),
+            breaker: BreakerConfig::resources(),
         }
     }
 }
@@ -1162,7 +1162,7 @@ impl Inner {
             }
         }
         let fail = |e: QosError| Err(self.deny(&namespace, &principal, e, Effects::default()));
-        if !self.access.may_allocate(&principal, &namespace) {
+        if !crate::rbac::may_allocate(&*self.access, &principal, &namespace) {
             return fail(QosError::Forbidden { principal: principal.to_string(), namespace: namespace.to_string() });
         }
         if let Some(name) = &priority_class
@@ -1405,7 +1405,7 @@ impl Inner {
             });
         }
         if self.auditing {
-            fx.audits.push(AuditRecord::now(
+            fx.audits.push(crate::observe::audit_record(
                 &p.principal,
                 &p.namespace,
                 AuditAction::Allocated,
@@ -1475,7 +1475,7 @@ impl Inner {
             });
         }
         if self.auditing {
-            fx.audits.push(AuditRecord::now(
+            fx.audits.push(crate::observe::audit_record(
                 principal,
                 namespace,
                 AuditAction::Denied,
@@ -1494,9 +1494,7 @@ impl Inner {
         for e in &events {
             self.observer.on_event(e);
         }
-        for a in &audits {
-            self.audit.record(a);
-        }
+        crate::observe::record_all(&*self.audit, &*self.observer, &audits);
     }
 
     /// Picks victims (strictly lower priority, preemptible, holding a short resource) in the
@@ -1574,7 +1572,7 @@ impl Inner {
             }
             if self.auditing {
                 let list = self.to_list(&r.req);
-                fx.audits.push(AuditRecord::now(
+                fx.audits.push(crate::observe::audit_record(
                     &r.principal,
                     &r.namespace,
                     AuditAction::Preempted { by_priority: p.priority },
@@ -1663,7 +1661,7 @@ impl Inner {
             fx.touched = true;
         }
         if self.auditing {
-            fx.audits.push(AuditRecord::now(
+            fx.audits.push(crate::observe::audit_record(
                 &r.principal,
                 &r.namespace,
                 action,
@@ -1713,7 +1711,7 @@ impl Inner {
         // The caller's name is not validated here: record it bounded and escaped.
         let principal = crate::name::sanitized(principal);
         if self.auditing {
-            fx.audits.push(AuditRecord::now(
+            fx.audits.push(crate::observe::audit_record(
                 &principal,
                 &namespace,
                 AuditAction::Denied,

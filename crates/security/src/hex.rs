@@ -12,6 +12,7 @@ pub(crate) fn encode(bytes: &[u8]) -> String {
 }
 
 /// Whether `s` is exactly `len` lower-case hex digits.
+#[cfg(test)]
 pub(crate) fn is_lower_hex(s: &str, len: usize) -> bool {
     s.len() == len && s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
