@@ -29,7 +29,7 @@
 
 use std::collections::VecDeque;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -41,11 +41,6 @@ use crate::observer::{CacheEvent, CacheObserver};
 use crate::tier::{StoredEntry, Tier, TierHealth};
 
 pub use strata_governance::breaker::{BreakerConfig, BreakerState};
-
-/// Checks `config`, naming the setting as `breaker.<field>`.
-fn validate(config: &BreakerConfig) -> Result<(), ConfigError> {
-    config.validate().map_err(|e| ConfigError::new(format!("breaker.{}", e.field), e.reason))
-}
 
 enum Phase {
     Closed { window: VecDeque<bool>, failures: u32 },
@@ -109,7 +104,7 @@ impl Drop for Permit<'_> {
 impl CircuitBreaker {
     /// A closed breaker.
     pub fn new(config: BreakerConfig) -> Result<Self, ConfigError> {
-        validate(&config)?;
+        config.validate()?;
         Ok(Self { config, phase: Mutex::new(Phase::closed()), on_transition: None })
     }
 
@@ -318,6 +313,7 @@ impl<T: Tier> Tier for BreakerTier<T> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
     fn cfg() -> BreakerConfig {
         BreakerConfig {

@@ -347,7 +347,7 @@ async fn only_the_owner_may_renew_or_release_a_lease() {
     assert!(denials.iter().any(|r| r.principal == "bob"));
     let token = lease.to_string();
     for r in audit.records() {
-        assert!(!r.detail.contains(&token) && !r.principal.contains(&token));
+        assert!(!r.detail.as_deref().unwrap_or_default().contains(&token) && !r.principal.contains(&token));
     }
     assert!(!format!("{lease:?}").contains(&token[4..]), "Debug shows only a prefix");
     // A second lease, released by its owner after an intruder tried.
