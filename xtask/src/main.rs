@@ -303,6 +303,7 @@ fn layering() -> Result {
         })
         .collect();
     // Transitive normal dependencies of cache-core and of the ground floor: nothing heavy.
+    let mut closure = Vec::new();
     for root in ["strata-cache-core", GROUND_FLOOR] {
         let start = by_id.iter().find(|(_, n)| **n == root).map(|(id, _)| *id).ok_or(format!("no {root}"))?;
         let mut seen = BTreeSet::new();
@@ -318,9 +319,10 @@ fn layering() -> Result {
             }
             stack.extend(graph.get(id).into_iter().flatten().copied());
         }
+        closure.push(format!("{} in {root}'s", seen.len()));
     }
     if problems.is_empty() {
-        eprintln!("layering: ok ({} crates in cache-core's dependency closure)", seen.len());
+        eprintln!("layering: ok ({} dependency closure)", closure.join(", "));
         Ok(())
     } else {
         Err(problems.join("; "))
