@@ -7,6 +7,8 @@
 //! - `bench`    criterion benches (short measurement; pass extra args after `--`)
 //! - `deny`     cargo-deny (installed if missing)
 //! - `layering` the crate layering check alone
+//! - `features` `cargo tree` per feature choice: e.g. Prometheus alone pulls no NVML, axum,
+//!   hyper, OpenTelemetry or resource manager
 //! - `services` start the throwaway Redis (standalone + cluster) the tests use, print their
 //!   URLs as `export` lines, and keep them until Ctrl-C
 //! - `ops`      promtool over docs/operations and the metric-name cross-check
@@ -19,6 +21,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
 use std::time::Instant;
 
+mod feature_tree;
 mod fuzz;
 mod services;
 mod telemetry_checks;
@@ -38,13 +41,14 @@ fn main() -> ExitCode {
         "bench" => bench(&rest),
         "deny" => deny(),
         "layering" => layering(),
+        "features" => feature_tree::check(),
         "services" => services_forever(),
         "ops" => telemetry_checks::promtool_check(&root()),
         "dashboard" => dashboard(),
         "fuzz" => fuzz::fuzz(&rest),
         "fmt" => run(cargo().args(["fmt", "--all"])),
         _ => {
-            eprintln!("usage: cargo xtask <ci|test|demo|bench|deny|layering|fmt|services|ops|dashboard|fuzz>");
+            eprintln!("usage: cargo xtask <ci|test|demo|bench|deny|layering|features|fmt|services|ops|dashboard|fuzz>");
             return if cmd == "help" { ExitCode::SUCCESS } else { ExitCode::FAILURE };
         }
     };
@@ -89,6 +93,7 @@ fn ci() -> Result {
     })?;
     step("layering", layering)?;
     step("facade features", features)?;
+    step("dependency trees per feature", feature_tree::check)?;
     step("tests", test)?;
     step("operations rules (promtool)", || telemetry_checks::promtool_check(&root()))?;
     step("dashboard in headless Chromium", dashboard)?;

@@ -71,7 +71,9 @@ pub mod tier;
 
 pub use breaker::{BreakerConfig, BreakerState, BreakerTier, CircuitBreaker};
 pub use bus::{BusEvent, InstanceId, Invalidation, InvalidationBus, InvalidationTarget, LocalBus, Subscription};
-pub use cache::{Cache, CacheBuilder, DEFAULT_MAX_VALUE_BYTES, KeyIdHasher, LoadResult, WarmReport, Weigher};
+pub use cache::{
+    Cache, CacheBuilder, CacheDefaults, DEFAULT_MAX_VALUE_BYTES, KeyIdHasher, LoadResult, WarmReport, Weigher,
+};
 pub use clock::{Clock, ManualClock, SystemClock, Timestamp};
 pub use codec::{Codec, CodecContext, CodecPipeline, Encoded};
 pub use error::{

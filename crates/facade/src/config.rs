@@ -241,7 +241,7 @@ impl AdminSettings {
     /// A [`ConfigError`] naming the setting: `admin.listen` not a socket address, `admin.token`
     /// missing for a non-loopback `listen` or malformed (the token is never shown),
     /// `admin.allowed_hosts` or a limit out of range.
-    #[cfg(feature = "telemetry")]
+    #[cfg(feature = "admin")]
     pub fn admin_config(&self) -> Result<(std::net::SocketAddr, strata_telemetry::admin::AdminConfig), ConfigError> {
         use strata_telemetry::TelemetryError;
         use strata_telemetry::admin::{AdminConfig, AdminToken};
@@ -522,7 +522,7 @@ impl StrataConfig {
         }
         if let Some(a) = &self.admin {
             a.listen_addr()?;
-            #[cfg(feature = "telemetry")]
+            #[cfg(feature = "admin")]
             let _checked = a.admin_config()?;
         }
         Ok(())
@@ -812,7 +812,7 @@ mod tests {
         }
     }
 
-    #[cfg(feature = "telemetry")]
+    #[cfg(feature = "admin")]
     #[test]
     fn admin_settings_are_checked_at_load() {
         type Case<'a> = (&'a str, &'a [(&'a str, &'a str)], &'a str);

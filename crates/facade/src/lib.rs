@@ -11,8 +11,11 @@
 //! - Everything from [`strata_cache_core`] is re-exported: [`Cache`], the traits ([`Tier`],
 //!   [`Codec`], [`Loader`], [`InvalidationBus`], [`CacheObserver`], ...), [`EntryOptions`].
 //!
-//! Leaf crates join through features as they land (`redis`, `sql`, `security`, `telemetry`,
-//! `gpu`); a crate that is not enabled pulls in none of its dependencies.
+//! Leaf crates join through features (`redis`, `sql`, `consistency`, `security`; telemetry as
+//! `prometheus`, `otel` and `admin`, or all three as `telemetry`; the resource manager as
+//! `resources`, plus the NVML inventory as `gpu`); a crate or part that is not enabled pulls in
+//! none of its dependencies: `prometheus` alone compiles no HTTP server, no OpenTelemetry, no
+//! resource manager and no NVML.
 //!
 //! ```
 //! use std::sync::Arc;
@@ -46,9 +49,9 @@ use serde::de::DeserializeOwned;
 
 pub use strata_cache_core as core;
 pub use strata_cache_core::{
-    BoxError, Cache, CacheBuilder, CacheError, CacheEvent, CacheKey, CacheObserver, CacheStats, Clock, Codec,
-    ConfigError, EntryOptions, FnLoader, InvalidationBus, Json, L1Config, Loader, LocalBus, ManualClock, MemoryTier,
-    Namespace, Postcard, Serializer, SystemClock, Tier, TierHealth, WarmReport, Writer,
+    BoxError, Cache, CacheBuilder, CacheDefaults, CacheError, CacheEvent, CacheKey, CacheObserver, CacheStats, Clock,
+    Codec, ConfigError, EntryOptions, FnLoader, InvalidationBus, Json, L1Config, Loader, LocalBus, ManualClock,
+    MemoryTier, Namespace, Postcard, Serializer, SystemClock, Tier, TierHealth, WarmReport, Writer,
 };
 
 pub mod backends;
@@ -68,24 +71,21 @@ pub use strata_cache_redis as redis;
 pub use strata_cache_sql as sql;
 #[cfg(feature = "consistency")]
 pub use strata_consistency as consistency;
-#[cfg(feature = "gpu")]
+#[cfg(feature = "resources")]
 pub use strata_gpu as gpu;
-#[cfg(feature = "gpu")]
+#[cfg(feature = "resources")]
 pub use strata_resource_qos as resource_qos;
 #[cfg(feature = "security")]
 pub use strata_security as security;
-#[cfg(feature = "telemetry")]
+#[cfg(any(feature = "prometheus", feature = "otel"))]
 pub use strata_telemetry as telemetry;
 
 /// A runtime shared by named caches.
 #[derive(Clone)]
 pub struct Strata {
     config: Arc<StrataConfig>,
-    tiers: Vec<Arc<dyn Tier>>,
-    bus: Option<Arc<dyn InvalidationBus>>,
-    lock: Option<(Arc<dyn LoadLock>, LockOptions)>,
-    observers: Vec<Arc<dyn CacheObserver>>,
-    clock: Arc<dyn Clock>,
+    /// The tiers, bus, lock, observers and clock every cache of this runtime starts from.
+    shared: CacheDefaults,
     topology: Arc<Topology>,
     /// Background tasks (the SQL sweeper) that live as long as the runtime.
     _tasks: Arc<dyn std::any::Any + Send + Sync>,
@@ -94,8 +94,8 @@ pub struct Strata {
 impl std::fmt::Debug for Strata {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Strata")
-            .field("tiers", &self.tiers.iter().map(|t| t.name().to_owned()).collect::<Vec<_>>())
-            .field("bus", &self.bus.as_ref().map(|b| b.name().to_owned()))
+            .field("tiers", &self.shared.tiers.iter().map(|t| t.name().to_owned()).collect::<Vec<_>>())
+            .field("bus", &self.shared.bus.as_ref().map(|b| b.name().to_owned()))
             .field("caches", &self.config.caches.keys().collect::<Vec<_>>())
             .finish()
     }
@@ -105,10 +105,8 @@ impl std::fmt::Debug for Strata {
 #[must_use]
 pub struct StrataBuilder {
     config: StrataConfig,
-    tiers: Vec<Arc<dyn Tier>>,
-    bus: Option<Arc<dyn InvalidationBus>>,
-    observers: Vec<Arc<dyn CacheObserver>>,
-    clock: Arc<dyn Clock>,
+    /// What every cache of the runtime shares (tiers, bus, observers, clock).
+    shared: CacheDefaults,
 }
 
 impl StrataBuilder {
@@ -118,27 +116,35 @@ impl StrataBuilder {
         self
     }
 
+    /// Replaces what every cache of the runtime starts from (tiers, bus, observers, clock,
+    /// codecs, limits) in one value; the setters below change single fields of it. Entry options
+    /// and L1 bounds still come from the configuration for each cache name.
+    pub fn defaults(mut self, defaults: CacheDefaults) -> Self {
+        self.shared = defaults;
+        self
+    }
+
     /// Adds a tier shared by every cache (L2 first, then L3, ...).
     pub fn tier(mut self, tier: Arc<dyn Tier>) -> Self {
-        self.tiers.push(tier);
+        self.shared.tiers.push(tier);
         self
     }
 
     /// Sets the invalidation bus shared by every cache.
     pub fn bus(mut self, bus: Arc<dyn InvalidationBus>) -> Self {
-        self.bus = Some(bus);
+        self.shared.bus = Some(bus);
         self
     }
 
     /// Adds an observer shared by every cache.
     pub fn observer(mut self, o: Arc<dyn CacheObserver>) -> Self {
-        self.observers.push(o);
+        self.shared.observers.push(o);
         self
     }
 
     /// Replaces the clock.
     pub fn clock(mut self, clock: Arc<dyn Clock>) -> Self {
-        self.clock = clock;
+        self.shared.clock = clock;
         self
     }
 
@@ -153,52 +159,39 @@ impl StrataBuilder {
     /// `[sql]` (tier behind a circuit breaker, expired-row sweeper) — below any tiers added
     /// explicitly, then builds the runtime. Breaker transitions go to the observers added so far.
     pub async fn connect(self) -> Result<Strata, ConnectError> {
-        let fanout: Arc<dyn CacheObserver> = Arc::new(backends::Fanout(self.observers.clone()));
-        let b = backends::connect(&self.config, fanout, self.clock.clone()).await?;
+        let fanout: Arc<dyn CacheObserver> = Arc::new(backends::Fanout(self.shared.observers.clone()));
+        let b = backends::connect(&self.config, fanout, self.shared.clock.clone()).await?;
         Ok(self.assemble(b))
     }
 
     /// The runtime from the explicitly added tiers and bus plus the connected `b` (below them;
     /// an explicit bus wins).
     fn assemble(mut self, b: backends::Backends) -> Strata {
+        let shared = &mut self.shared;
         let mut topology = Topology {
-            tiers: self.tiers.iter().map(|t| (t.name().to_owned(), "custom".to_owned())).collect(),
-            bus: self.bus.as_ref().map(|b| b.name().to_owned()),
+            tiers: shared.tiers.iter().map(|t| (t.name().to_owned(), "custom".to_owned())).collect(),
+            bus: shared.bus.as_ref().map(|b| b.name().to_owned()),
             lock: b.topology.lock,
         };
         topology.tiers.extend(b.topology.tiers);
-        self.tiers.extend(b.tiers);
-        if self.bus.is_none() {
-            self.bus = b.bus;
+        shared.tiers.extend(b.tiers);
+        if shared.bus.is_none() {
+            shared.bus = b.bus;
             topology.bus = b.topology.bus;
         }
+        shared.lock = b.lock;
         #[cfg(feature = "sql")]
         let tasks: Arc<dyn std::any::Any + Send + Sync> = Arc::new(b.sweeper);
         #[cfg(not(feature = "sql"))]
         let tasks: Arc<dyn std::any::Any + Send + Sync> = Arc::new(());
-        Strata {
-            config: Arc::new(self.config),
-            tiers: self.tiers,
-            bus: self.bus,
-            lock: b.lock,
-            observers: self.observers,
-            clock: self.clock,
-            topology: Arc::new(topology),
-            _tasks: tasks,
-        }
+        Strata { config: Arc::new(self.config), shared: self.shared, topology: Arc::new(topology), _tasks: tasks }
     }
 }
 
 impl Strata {
     /// Starts a builder with an empty configuration.
     pub fn builder() -> StrataBuilder {
-        StrataBuilder {
-            config: StrataConfig::default(),
-            tiers: Vec::new(),
-            bus: None,
-            observers: Vec::new(),
-            clock: Arc::new(SystemClock),
-        }
+        StrataBuilder { config: StrataConfig::default(), shared: CacheDefaults::default() }
     }
 
     /// The configuration.
@@ -213,7 +206,16 @@ impl Strata {
 
     /// The shared tiers, top to bottom.
     pub fn tiers(&self) -> &[Arc<dyn Tier>] {
-        &self.tiers
+        &self.shared.tiers
+    }
+
+    /// What a cache named `name` starts from: the runtime's tiers, bus, lock, observers and
+    /// clock, with the entry options and L1 bounds the configuration gives this name.
+    pub fn cache_defaults(&self, name: &str) -> CacheDefaults {
+        let mut d = self.shared.clone();
+        d.options = self.config.entry_options_for(name);
+        d.l1 = Some(self.config.l1_for(name));
+        d
     }
 
     /// A builder for the cache `name`, pre-filled with the runtime's tiers, bus, observers and
@@ -224,24 +226,7 @@ impl Strata {
         K: CacheKey,
         V: Serialize + DeserializeOwned + Send + Sync + 'static,
     {
-        let mut b = Cache::<K, V>::builder(name)
-            .serializer(Postcard)
-            .options(self.config.entry_options_for(name))
-            .l1(self.config.l1_for(name))
-            .clock(self.clock.clone());
-        for t in &self.tiers {
-            b = b.tier(t.clone());
-        }
-        for o in &self.observers {
-            b = b.observer(o.clone());
-        }
-        if let Some(bus) = &self.bus {
-            b = b.bus(bus.clone());
-        }
-        if let Some((lock, opts)) = &self.lock {
-            b = b.load_lock(lock.clone(), opts.clone());
-        }
-        b
+        Cache::<K, V>::builder(name).defaults(self.cache_defaults(name)).serializer(Postcard)
     }
 
     /// A builder for cache `name` starting from `preset` (configuration overrides still apply

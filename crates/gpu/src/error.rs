@@ -46,6 +46,7 @@ impl GpuError {
         matches!(self, Self::Nvml { .. })
     }
 
+    #[cfg(feature = "nvml")]
     pub(crate) fn nvml(operation: &'static str, source: impl StdError + Send + Sync + 'static) -> Self {
         Self::Nvml { operation, source: Box::new(source) }
     }

@@ -8,7 +8,8 @@
 //! - [`GpuInventory`] — the seam: `snapshot()` (last view) and `refresh()` (read again). It is
 //!   `Send + Sync + 'static` and object safe, so `Arc<dyn GpuInventory>` works.
 //! - [`NvmlInventory`] — reads the driver through NVML (`nvml-wrapper`, `libnvidia-ml.so` loaded
-//!   at run time). No driver → an empty inventory and a `tracing` warning, never a panic.
+//!   at run time; feature `nvml`, on by default). No driver, or a build without `nvml` → an
+//!   empty inventory and a `tracing` warning that says which, never a panic.
 //! - [`StaticInventory`] — fixed, from an [`InventoryConfig`] (TOML/JSON via serde).
 //! - [`SimulatedInventory`] — built in code and mutable (utilization, memory), for tests.
 //! - [`advertised_resources`] — what the NVIDIA k8s device plugin would advertise for an

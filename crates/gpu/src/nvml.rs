@@ -2,23 +2,33 @@
 //!
 //! `libnvidia-ml.so` is loaded at run time. When it cannot be loaded (no NVIDIA driver on this
 //! machine) the inventory is empty and a `tracing` warning says so; nothing panics.
+//!
+//! Without the `nvml` feature nothing of NVML is compiled: [`NvmlInventory`] is then always
+//! the empty inventory, with [`DriverStatus::Unavailable`] and a warning that names the feature.
 
+#[cfg(feature = "nvml")]
 use std::collections::BTreeMap;
 use std::ffi::OsStr;
 use std::sync::Arc;
 
+#[cfg(feature = "nvml")]
 use nvml_wrapper::Nvml;
-#[cfg(target_os = "linux")]
+#[cfg(all(feature = "nvml", target_os = "linux"))]
 use nvml_wrapper::enum_wrappers::device::TopologyLevel;
+#[cfg(feature = "nvml")]
 use nvml_wrapper::error::NvmlError;
 use parking_lot::RwLock;
 
-use crate::model::{GpuDevice, GpuLink, GpuSnapshot, Interconnect, MigInstance, MigProfile};
+use crate::model::GpuSnapshot;
+#[cfg(feature = "nvml")]
+use crate::model::{GpuDevice, GpuLink, Interconnect, MigInstance, MigProfile};
 use crate::{GpuError, GpuInventory};
 
 /// NVML's `NVML_NVLINK_MAX_LINKS` (18 on Hopper).
+#[cfg(feature = "nvml")]
 const NVLINK_MAX_LINKS: u32 = 18;
 /// NVML's `NVML_DEVICE_MIG_ENABLE`.
+#[cfg(feature = "nvml")]
 const MIG_ENABLED: u32 = 1;
 
 /// Whether the NVIDIA driver could be used.
@@ -39,6 +49,7 @@ pub enum DriverStatus {
 ///
 /// [`NvmlInventory::new`] never fails because the driver is missing: that case yields an empty
 /// inventory whose [`driver_status`](NvmlInventory::driver_status) says why, and logs a warning.
+/// Built without the `nvml` feature it is always that empty inventory.
 /// Each [`refresh`](GpuInventory::refresh) re-reads devices, memory, utilization, MIG devices
 /// (`mig_device_by_index`), NUMA nodes, NVLink peers and `topology_common_ancestor` for each pair.
 ///
@@ -50,6 +61,7 @@ pub enum DriverStatus {
 /// # Ok::<(), strata_gpu::GpuError>(())
 /// ```
 pub struct NvmlInventory {
+    #[cfg(feature = "nvml")]
     nvml: Option<Nvml>,
     status: DriverStatus,
     snapshot: RwLock<Arc<GpuSnapshot>>,
@@ -68,7 +80,14 @@ impl NvmlInventory {
     /// [`GpuError::Nvml`] when NVML loads but initialising or the first read fails for a reason
     /// other than a missing driver (e.g. insufficient permissions). A missing driver is not an error.
     pub fn new() -> Result<Self, GpuError> {
-        Self::from_init(Nvml::init())
+        #[cfg(feature = "nvml")]
+        {
+            Self::from_init(Nvml::init())
+        }
+        #[cfg(not(feature = "nvml"))]
+        {
+            Ok(Self::not_compiled())
+        }
     }
 
     /// Like [`new`](Self::new) but loads the NVML library from `path`.
@@ -76,9 +95,30 @@ impl NvmlInventory {
     /// # Errors
     /// As for [`new`](Self::new).
     pub fn with_library_path(path: impl AsRef<OsStr>) -> Result<Self, GpuError> {
-        Self::from_init(Nvml::builder().lib_path(path.as_ref()).init())
+        #[cfg(feature = "nvml")]
+        {
+            Self::from_init(Nvml::builder().lib_path(path.as_ref()).init())
+        }
+        #[cfg(not(feature = "nvml"))]
+        {
+            let _ = path;
+            Ok(Self::not_compiled())
+        }
     }
 
+    /// The empty inventory of a build without NVML support, with a warning that says so.
+    #[cfg(not(feature = "nvml"))]
+    fn not_compiled() -> Self {
+        let reason = "NVML support not compiled in: strata-gpu was built without its `nvml` feature".to_owned();
+        tracing::warn!(
+            error = %reason,
+            "no NVIDIA driver used: the GPU inventory is empty (enable the `nvml` feature of strata-gpu, \
+             or `gpu` of strata, to read GPUs)"
+        );
+        Self { status: DriverStatus::Unavailable { reason }, snapshot: RwLock::default() }
+    }
+
+    #[cfg(feature = "nvml")]
     fn from_init(init: Result<Nvml, NvmlError>) -> Result<Self, GpuError> {
         match init {
             Ok(nvml) => {
@@ -108,6 +148,7 @@ impl NvmlInventory {
         &self.status
     }
 
+    #[cfg(feature = "nvml")]
     fn read(nvml: &Nvml) -> Result<GpuSnapshot, GpuError> {
         let count = nvml.device_count().map_err(|e| GpuError::nvml("device_count", e))?;
         let mut devices = Vec::with_capacity(count as usize);
@@ -162,6 +203,7 @@ impl NvmlInventory {
         Ok(GpuSnapshot { devices, links })
     }
 
+    #[cfg(feature = "nvml")]
     fn topology(nvml: &Nvml, devices: &[GpuDevice]) -> Result<Vec<GpuLink>, GpuError> {
         let by_bus: BTreeMap<String, u32> =
             devices.iter().filter_map(|d| d.pci_bus_id.as_ref().map(|b| (b.to_ascii_lowercase(), d.index))).collect();
@@ -202,7 +244,7 @@ impl NvmlInventory {
 }
 
 /// PCIe/NUMA relation of two GPUs through `topology_common_ancestor` (Linux only in NVML).
-#[cfg(target_os = "linux")]
+#[cfg(all(feature = "nvml", target_os = "linux"))]
 fn common_ancestor(nvml: &Nvml, a: u32, b: u32) -> Result<Option<Interconnect>, GpuError> {
     let da = nvml.device_by_index(a).map_err(|e| GpuError::nvml("device_by_index", e))?;
     let db = nvml.device_by_index(b).map_err(|e| GpuError::nvml("device_by_index", e))?;
@@ -221,7 +263,7 @@ fn common_ancestor(nvml: &Nvml, a: u32, b: u32) -> Result<Option<Interconnect>, 
 }
 
 /// NVML reports PCIe topology on Linux only.
-#[cfg(not(target_os = "linux"))]
+#[cfg(all(feature = "nvml", not(target_os = "linux")))]
 fn common_ancestor(_nvml: &Nvml, _a: u32, _b: u32) -> Result<Option<Interconnect>, GpuError> {
     Ok(None)
 }
@@ -232,12 +274,13 @@ impl GpuInventory for NvmlInventory {
     }
 
     fn refresh(&self) -> Result<Arc<GpuSnapshot>, GpuError> {
-        let Some(nvml) = &self.nvml else {
-            return Ok(self.snapshot());
-        };
-        let snap = Arc::new(Self::read(nvml)?);
-        *self.snapshot.write() = Arc::clone(&snap);
-        Ok(snap)
+        #[cfg(feature = "nvml")]
+        if let Some(nvml) = &self.nvml {
+            let snap = Arc::new(Self::read(nvml)?);
+            *self.snapshot.write() = Arc::clone(&snap);
+            return Ok(snap);
+        }
+        Ok(self.snapshot())
     }
 
     fn backend(&self) -> &'static str {

@@ -47,9 +47,12 @@ fn nvml_missing_library_gives_empty_inventory_and_a_warning() {
     .expect("a missing driver is not an error");
     assert!(inv.snapshot().is_empty());
     assert!(inv.refresh().unwrap().is_empty());
-    assert!(matches!(inv.driver_status(), DriverStatus::Unavailable { .. }));
+    let DriverStatus::Unavailable { reason } = inv.driver_status() else { panic!("{:?}", inv.driver_status()) };
     assert_eq!(inv.backend(), "nvml");
     let logs = capture.0.lock().unwrap();
     assert_eq!(logs.len(), 1, "exactly one warning: {logs:?}");
     assert!(logs[0].contains("no NVIDIA driver"), "{}", logs[0]);
+    // Built without NVML, the reason and the log line name the missing feature.
+    let without_nvml = reason.contains("`nvml` feature") && logs[0].contains("`nvml` feature");
+    assert_eq!(without_nvml, cfg!(not(feature = "nvml")), "{reason} / {}", logs[0]);
 }

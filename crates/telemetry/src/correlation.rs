@@ -6,8 +6,8 @@
 //! the security and resource crates write into their audit records, and vice versa.
 //!
 //! [`current`] returns the task-local id if any, else the OpenTelemetry trace id of the current
-//! `tracing` span (when the [`tracing_setup`](crate::tracing_setup) layer is installed and the
-//! span is sampled). Building the OpenTelemetry layer or a [`CorrelationLayer`] also installs
+//! `tracing` span (with the `otel` feature, when the `tracing_setup` layer is installed and the
+//! span is sampled). Building a [`CorrelationLayer`] (or the OpenTelemetry layer) also installs
 //! that trace id as the fallback of `strata_governance::correlation::current`, so audit records
 //! written outside an explicit scope carry the trace id.
 //! [`CorrelationFormat`] wraps a `tracing-subscriber` event formatter and prefixes each line
@@ -28,15 +28,20 @@
 
 use std::fmt;
 
+#[cfg(feature = "otel")]
 use opentelemetry::trace::TraceContextExt;
 use std::sync::OnceLock;
+#[cfg(feature = "otel")]
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 use tracing::dispatcher::{Dispatch, WeakDispatch};
+#[cfg(feature = "otel")]
 use tracing::span;
 use tracing_subscriber::fmt::format::Writer;
 use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields};
-use tracing_subscriber::layer::{Context, Layer};
+#[cfg(feature = "otel")]
+use tracing_subscriber::layer::Context;
+use tracing_subscriber::layer::Layer;
 use tracing_subscriber::registry::LookupSpan;
 
 pub use strata_governance::correlation::{CorrelationId, InvalidCorrelationId, MAX_CORRELATION_ID_LEN};
@@ -63,11 +68,14 @@ pub fn install_trace_id_source() {
     strata_governance::correlation::set_trace_id_source(current_trace_id);
 }
 
+#[cfg(feature = "otel")]
 fn trace_correlation(trace_id: impl fmt::Display) -> Option<CorrelationId> {
     CorrelationId::new(&trace_id.to_string()).ok()
 }
 
-/// The OpenTelemetry trace id of the current `tracing` span, if it has a valid one.
+/// The OpenTelemetry trace id of the current `tracing` span, if it has a valid one (always
+/// `None` without the `otel` feature).
+#[cfg(feature = "otel")]
 pub fn current_trace_id() -> Option<CorrelationId> {
     let span = tracing::Span::current();
     if span.is_disabled() {
@@ -78,13 +86,22 @@ pub fn current_trace_id() -> Option<CorrelationId> {
     if sc.is_valid() { trace_correlation(sc.trace_id()) } else { None }
 }
 
+/// The OpenTelemetry trace id of the current `tracing` span, if it has a valid one (always
+/// `None` without the `otel` feature).
+#[cfg(not(feature = "otel"))]
+pub fn current_trace_id() -> Option<CorrelationId> {
+    None
+}
+
 /// The trace id of a span, stored in its extensions by [`CorrelationLayer`].
 #[derive(Debug, Clone)]
+#[cfg_attr(not(feature = "otel"), allow(dead_code))] // only the otel layer creates it
 struct SpanCorrelation(CorrelationId);
 
 /// A layer that records each new span's OpenTelemetry trace id for [`CorrelationFormat`].
 ///
-/// Add it after the `tracing-opentelemetry` layer (it reads what that layer created).
+/// Add it after the `tracing-opentelemetry` layer (it reads what that layer created). Without
+/// the `otel` feature there are no trace ids and the layer records nothing.
 #[derive(Debug, Default)]
 pub struct CorrelationLayer {
     dispatch: OnceLock<WeakDispatch>,
@@ -106,6 +123,7 @@ where
         let _ = self.dispatch.set(subscriber.downgrade());
     }
 
+    #[cfg(feature = "otel")]
     fn on_new_span(&self, _attrs: &span::Attributes<'_>, id: &span::Id, ctx: Context<'_, S>) {
         let Some(dispatch) = self.dispatch.get().and_then(WeakDispatch::upgrade) else { return };
         let Some(cx) = tracing_opentelemetry::get_otel_context(id, &dispatch) else { return };

@@ -29,6 +29,7 @@ pub enum TelemetryError {
     Io(#[from] std::io::Error),
 }
 
+#[cfg(feature = "prometheus")]
 impl From<prometheus::Error> for TelemetryError {
     fn from(e: prometheus::Error) -> Self {
         Self::Metrics(e.to_string())

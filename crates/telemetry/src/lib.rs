@@ -19,12 +19,29 @@
 //! - [`admin`] — an axum router: `/metrics`, `/health` (503 when a cache cannot serve),
 //!   `/topology`, `/api/stats`, and `/dashboard` (one self-contained HTML page).
 //!
+//! ## Features
+//! Each part compiles only what it needs; the default is all of them but `otlp`.
+//!
+//! | Feature | Gives | Pulls in |
+//! |---|---|---|
+//! | `prometheus` | [`PrometheusObserver`], [`metrics`] | `prometheus` |
+//! | `otel` | [`tracing_setup`], trace ids in [`correlation`] | `opentelemetry`, its SDK, `tracing-opentelemetry` |
+//! | `otlp` | OTLP/HTTP span export (implies `otel`) | `opentelemetry-otlp` |
+//! | `admin` | [`admin`]: the HTTP server and dashboard (implies `prometheus`) | `axum`, `hyper` |
+//! | `resources` | resource-manager metrics and topology | `strata-resource-qos`, `strata-gpu` (without NVML) |
+//!
+//! A cache-only service that wants metrics depends on
+//! `strata-telemetry = { default-features = false, features = ["prometheus"] }`.
+//! [`correlation`] (task-local ids in log lines) is always there.
+//!
 //! ```
+//! # #[cfg(feature = "prometheus")]
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
 //! use std::sync::Arc;
 //! use strata_cache_core::{Cache, FnLoader};
 //! use strata_telemetry::PrometheusObserver;
 //!
-//! # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+//! # tokio::runtime::Builder::new_current_thread().enable_all().build()?.block_on(async {
 //! let metrics = PrometheusObserver::new()?;
 //! let cache: Cache<u64, String> = Cache::builder("users")
 //!     .loader(FnLoader::new(|id: u64| async move { Ok(Some(format!("user-{id}"))) }))
@@ -39,15 +56,23 @@
 //! assert!(text.contains(r#"strata_cache_requests_total{cache="users",result="hit",tier="l1"} 1"#));
 //! assert!(text.contains(r#"strata_cache_l1_entries{cache="users"} 1"#));
 //! # Ok::<(), Box<dyn std::error::Error>>(())
-//! # }).unwrap();
+//! # })
+//! # }
+//! # #[cfg(not(feature = "prometheus"))]
+//! # fn main() {}
 //! ```
 
+#[cfg(feature = "admin")]
 pub mod admin;
 pub mod correlation;
 mod error;
+#[cfg(feature = "prometheus")]
 pub mod metrics;
+#[cfg(feature = "otel")]
 pub mod tracing_setup;
 
 pub use error::TelemetryError;
+#[cfg(feature = "prometheus")]
 pub use metrics::{MetricKind, PrometheusObserver};
+#[cfg(feature = "otel")]
 pub use tracing_setup::{TracingConfig, TracingGuard, init_tracing};

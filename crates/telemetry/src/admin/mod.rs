@@ -52,6 +52,7 @@ use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
 use serde::Serialize;
 use strata_cache_core::{Cache, CacheKey, TierHealth};
+#[cfg(feature = "resources")]
 use strata_resource_qos::ResourceManager;
 use tokio::task::JoinHandle;
 
@@ -238,12 +239,14 @@ impl<K: CacheKey, V: Send + Sync + 'static> TopologySource for CacheTopology<K, 
 }
 
 /// The [`TopologySource`] of a [`ResourceManager`]: capacity, usage and the GPU inventory
-/// (devices, MIG instances, links).
+/// (devices, MIG instances, links). Feature `resources`.
+#[cfg(feature = "resources")]
 #[derive(Debug, Clone)]
 pub struct ResourceTopology {
     manager: ResourceManager,
 }
 
+#[cfg(feature = "resources")]
 impl ResourceTopology {
     /// Describes `manager`.
     pub fn new(manager: ResourceManager) -> Self {
@@ -251,6 +254,7 @@ impl ResourceTopology {
     }
 }
 
+#[cfg(feature = "resources")]
 impl TopologySource for ResourceTopology {
     fn topology(&self) -> serde_json::Value {
         let usage = self.manager.usage();

@@ -12,21 +12,30 @@
 //! per-thread memo of the last four pairs (string compares, no lock) and increments one atomic.
 //! On a memo miss it looks them up in a small shared map (one FxHash of the two names under a
 //! read lock, no allocation once resolved) and remembers them.
+//!
+//! ## Files
+//! - `mod.rs` — the observer: families, registration, probes read at scrape time, snapshots.
+//! - `cache_events.rs` — the [`CacheObserver`](strata_cache_core::CacheObserver) implementation and its per-thread memo.
+//! - `resources.rs` — (feature `resources`) the `strata_resource_*` families, the
+//!   `ResourceObserver` implementation and the usage probe.
+//! - `labels.rs` — bounded label values and the maps of pre-resolved children.
+//! - `tests.rs` — unit tests.
 
+mod cache_events;
 mod labels;
+#[cfg(feature = "resources")]
+mod resources;
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use parking_lot::RwLock;
 use prometheus::core::{Collector, Desc};
 use prometheus::proto::MetricFamily;
 use prometheus::{
-    Encoder, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
-    Registry, TextEncoder,
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+    TextEncoder,
 };
-use strata_cache_core::{BreakerState, CacheEvent, CacheObserver, LoadOutcome, TierErrorKind};
-use strata_resource_qos::{BreakerState as ResourceBreakerState, ResourceEvent, ResourceObserver, UsageSnapshot};
+use strata_cache_core::BreakerState;
 
 use crate::error::TelemetryError;
 use labels::{ChildMap, LabelCap, OTHER};
@@ -40,9 +49,6 @@ pub const MAX_TIER_LABELS: usize = 32;
 const LATENCY_BUCKETS: &[f64] =
     &[0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
 
-/// Buckets (seconds) for admission waits: 1 ms … 60 s.
-const WAIT_BUCKETS: &[f64] = &[0.001, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0, 30.0, 60.0];
-
 /// Numeric value of a breaker state in the `*_breaker_state` gauges: closed 0, half-open 1,
 /// open 2.
 pub fn breaker_value(state: BreakerState) -> i64 {
@@ -50,14 +56,6 @@ pub fn breaker_value(state: BreakerState) -> i64 {
         BreakerState::Closed => 0,
         BreakerState::HalfOpen => 1,
         BreakerState::Open => 2,
-    }
-}
-
-fn resource_breaker_value(state: ResourceBreakerState) -> i64 {
-    match state {
-        ResourceBreakerState::Closed => 0,
-        ResourceBreakerState::HalfOpen => 1,
-        ResourceBreakerState::Open => 2,
     }
 }
 
@@ -88,22 +86,16 @@ struct CacheChildren {
 
 type L1Probe = Box<dyn Fn() -> (u64, u64) + Send + Sync>;
 type BreakerProbe = Box<dyn Fn() -> Option<BreakerState> + Send + Sync>;
-type UsageProbe = Box<dyn Fn() -> UsageSnapshot + Send + Sync>;
 
 /// Gauges read at scrape time from registered callbacks.
 struct PullCollector {
     l1_entries: IntGaugeVec,
     l1_weight: IntGaugeVec,
     cache_breakers: IntGaugeVec,
-    capacity: IntGaugeVec,
-    used: IntGaugeVec,
-    allocated_ratio: GaugeVec,
-    live: IntGauge,
-    queue: IntGauge,
+    #[cfg(feature = "resources")]
+    usage: resources::UsageGauges,
     l1: RwLock<Vec<(String, L1Probe)>>,
     breakers: RwLock<Vec<(String, BreakerProbe)>>,
-    usage: RwLock<Option<UsageProbe>>,
-    caps: Arc<Caps>,
     descs: Vec<Desc>,
 }
 
@@ -123,28 +115,12 @@ impl Collector for PullCollector {
                 self.cache_breakers.with_label_values(&[tier]).set(breaker_value(state));
             }
         }
-        if let Some(probe) = self.usage.read().as_ref() {
-            let snap = probe();
-            self.live.set(i64::try_from(snap.allocations).unwrap_or(i64::MAX));
-            self.queue.set(i64::try_from(snap.waiters).unwrap_or(i64::MAX));
-            for (kind, cap) in snap.capacity.iter() {
-                let label = self.caps.resources.admit(&kind.to_string());
-                let used = snap.used.get(kind).unwrap_or(0);
-                self.capacity.with_label_values(&[&label]).set(i64::try_from(cap).unwrap_or(i64::MAX));
-                self.used.with_label_values(&[&label]).set(i64::try_from(used).unwrap_or(i64::MAX));
-                let ratio = if cap == 0 { 0.0 } else { used as f64 / cap as f64 };
-                self.allocated_ratio.with_label_values(&[&label, "allocated"]).set(ratio);
-            }
-        }
         let mut out = Vec::new();
         out.extend(self.l1_entries.collect());
         out.extend(self.l1_weight.collect());
         out.extend(self.cache_breakers.collect());
-        out.extend(self.capacity.collect());
-        out.extend(self.used.collect());
-        out.extend(self.live.collect());
-        out.extend(self.queue.collect());
-        out.extend(self.allocated_ratio.collect());
+        #[cfg(feature = "resources")]
+        out.extend(self.usage.collect());
         out
     }
 }
@@ -152,6 +128,7 @@ impl Collector for PullCollector {
 struct Caps {
     caches: LabelCap,
     tiers: LabelCap,
+    #[cfg(feature = "resources")]
     resources: LabelCap,
 }
 
@@ -172,18 +149,12 @@ struct Families {
     flushed_entries: IntCounterVec,
     lock: IntCounterVec,
     tag_invalidations: IntCounterVec,
-    utilization: GaugeVec,
-    allocations: IntCounterVec,
-    denials: IntCounter,
-    queued: IntCounter,
-    wait: Histogram,
-    preemptions: IntCounter,
-    releases: IntCounter,
-    reclaims: IntCounterVec,
-    resource_breakers: IntGaugeVec,
+    #[cfg(feature = "resources")]
+    resources: resources::ResourceFamilies,
 }
 
-/// A [`CacheObserver`] and [`ResourceObserver`] that exports Prometheus metrics.
+/// A [`CacheObserver`](strata_cache_core::CacheObserver) and (feature `resources`)
+/// [`ResourceObserver`](strata_resource_qos::ResourceObserver) that exports Prometheus metrics.
 ///
 /// Share it as `Arc<PrometheusObserver>`: give clones to every cache builder
 /// ([`strata_cache_core::CacheBuilder::observer`]), breaker tier and resource manager, then
@@ -325,43 +296,13 @@ impl PrometheusObserver {
                 "Tag invalidations applied.",
                 &["cache"],
             )?,
-            utilization: GaugeVec::new(
-                Opts::new(
-                    "strata_resource_utilization_ratio",
-                    "Used / capacity per resource: component=allocated (admission accounting) or actual (sampled).",
-                ),
-                &["resource_type", "component"],
-            )?,
-            allocations: counter_vec(
-                "strata_resource_allocations_total",
-                "Allocations admitted by QoS class.",
-                &["qos"],
-            )?,
-            denials: IntCounter::new("strata_resource_denials_total", "Allocation requests refused.")?,
-            queued: IntCounter::new("strata_resource_queued_total", "Allocation requests that had to wait.")?,
-            wait: Histogram::with_opts(
-                HistogramOpts::new(
-                    "strata_resource_admission_wait_seconds",
-                    "Time admitted requests spent in the wait queue.",
-                )
-                .buckets(WAIT_BUCKETS.to_vec()),
-            )?,
-            preemptions: IntCounter::new("strata_resource_preemptions_total", "Allocations preempted.")?,
-            releases: IntCounter::new("strata_resource_releases_total", "Allocations released.")?,
-            reclaims: counter_vec(
-                "strata_resource_reclaims_total",
-                "Allocations reclaimed (lease_expired, grace_period_over).",
-                &["reason"],
-            )?,
-            resource_breakers: gauge_vec(
-                "strata_resource_breaker_state",
-                "Resource circuit breaker state (0 closed, 1 half-open, 2 open).",
-                &["resource_type"],
-            )?,
+            #[cfg(feature = "resources")]
+            resources: resources::ResourceFamilies::new()?,
         };
         let caps = Arc::new(Caps {
             caches: LabelCap::new(MAX_CACHE_LABELS),
             tiers: LabelCap::new(MAX_TIER_LABELS),
+            #[cfg(feature = "resources")]
             resources: LabelCap::new(MAX_TIER_LABELS),
         });
         let pull = {
@@ -373,43 +314,28 @@ impl PrometheusObserver {
                 "Tier circuit breaker state (0 closed, 1 half-open, 2 open).",
                 &["tier"],
             )?;
-            let capacity =
-                gauge_vec("strata_resource_capacity", "Capacity per resource (resource units).", &["resource_type"])?;
-            let used = gauge_vec(
-                "strata_resource_used",
-                "Admitted requests per resource (resource units).",
-                &["resource_type"],
-            )?;
-            let live = IntGauge::new("strata_resource_live_allocations", "Live allocations.")?;
-            let queue = IntGauge::new("strata_resource_queue_depth", "Allocation requests waiting in the queue.")?;
+            #[cfg(feature = "resources")]
+            let usage = resources::UsageGauges::new(&f.resources, Arc::clone(&caps))?;
             let mut descs = Vec::new();
-            for c in [&l1_entries, &l1_weight, &cache_breakers, &capacity, &used] {
+            for c in [&l1_entries, &l1_weight, &cache_breakers] {
                 descs.extend(c.desc().into_iter().cloned());
             }
-            descs.extend(live.desc().into_iter().cloned());
-            descs.extend(queue.desc().into_iter().cloned());
-            // Utilization is set by events and by the usage probe: this collector exports it
-            // after refreshing, so a scrape never sees it before the probe ran.
-            descs.extend(f.utilization.desc().into_iter().cloned());
+            #[cfg(feature = "resources")]
+            descs.extend(usage.descs());
             Arc::new(PullCollector {
                 l1_entries,
                 l1_weight,
                 cache_breakers,
-                capacity,
-                used,
-                allocated_ratio: f.utilization.clone(),
-                live,
-                queue,
+                #[cfg(feature = "resources")]
+                usage,
                 l1: RwLock::default(),
                 breakers: RwLock::default(),
-                usage: RwLock::default(),
-                caps: Arc::clone(&caps),
                 descs,
             })
         };
         let registry = Registry::new();
         use MetricKind::{Counter as C, Gauge as G, Histogram as H};
-        let collectors: Vec<(Box<dyn Collector>, MetricKind)> = vec![
+        let mut collectors: Vec<(Box<dyn Collector>, MetricKind)> = vec![
             (Box::new(f.requests.clone()), C),
             (Box::new(f.load.clone()), H),
             (Box::new(f.evictions.clone()), C),
@@ -426,16 +352,10 @@ impl PrometheusObserver {
             (Box::new(f.flushed_entries.clone()), C),
             (Box::new(f.lock.clone()), C),
             (Box::new(f.tag_invalidations.clone()), C),
-            (Box::new(f.allocations.clone()), C),
-            (Box::new(f.denials.clone()), C),
-            (Box::new(f.queued.clone()), C),
-            (Box::new(f.wait.clone()), H),
-            (Box::new(f.preemptions.clone()), C),
-            (Box::new(f.releases.clone()), C),
-            (Box::new(f.reclaims.clone()), C),
-            (Box::new(f.resource_breakers.clone()), G),
-            (Box::new(SharedCollector(Arc::clone(&pull))), G),
         ];
+        #[cfg(feature = "resources")]
+        collectors.extend(f.resources.collectors());
+        collectors.push((Box::new(SharedCollector(Arc::clone(&pull))), G));
         let mut names = Vec::new();
         for (c, kind) in collectors {
             names.extend(c.desc().iter().map(|d| (d.fq_name.clone(), kind)));
@@ -496,18 +416,13 @@ impl PrometheusObserver {
     }
 
     /// Reports `tier`'s breaker state at scrape time (e.g. `move || tier.breaker_state()` for
-    /// a [`strata_cache_core::BreakerTier`]); complements [`CacheEvent::BreakerTransition`].
+    /// a [`strata_cache_core::BreakerTier`]); complements
+    /// [`CacheEvent::BreakerTransition`](strata_cache_core::CacheEvent::BreakerTransition).
     pub fn watch_breaker(&self, tier: &str, probe: impl Fn() -> Option<BreakerState> + Send + Sync + 'static) {
         let label = self.caps.tiers.admit(tier);
         let mut b = self.pull.breakers.write();
         b.retain(|(n, _)| *n != label);
         b.push((label, Box::new(probe)));
-    }
-
-    /// Reports resource capacity, usage, live allocations and queue depth at scrape time
-    /// (e.g. `move || manager.usage()` for a [`strata_resource_qos::ResourceManager`]).
-    pub fn watch_resources(&self, probe: impl Fn() -> UsageSnapshot + Send + Sync + 'static) {
-        *self.pull.usage.write() = Some(Box::new(probe));
     }
 
     #[inline]
@@ -630,6 +545,9 @@ impl PrometheusObserver {
 /// The content type of [`PrometheusObserver::encode_text`].
 pub const TEXT_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 
+/// Unique per observer, keys the per-thread memo of [`cache_events`].
+static NEXT_OBSERVER_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+
 /// Registers the pull collector while the observer keeps a handle on it.
 struct SharedCollector(Arc<PullCollector>);
 
@@ -639,194 +557,6 @@ impl Collector for SharedCollector {
     }
     fn collect(&self) -> Vec<MetricFamily> {
         self.0.collect()
-    }
-}
-
-fn load_index(outcome: LoadOutcome) -> usize {
-    match outcome {
-        LoadOutcome::Found => 0,
-        LoadOutcome::NotFound => 1,
-        LoadOutcome::Error => 2,
-        LoadOutcome::Timeout => 3,
-    }
-}
-
-fn tier_error_kind(kind: TierErrorKind) -> &'static str {
-    match kind {
-        TierErrorKind::Unavailable => "unavailable",
-        TierErrorKind::Timeout => "timeout",
-        TierErrorKind::Overloaded => "overloaded",
-        TierErrorKind::CircuitOpen => "circuit_open",
-        TierErrorKind::Protocol => "protocol",
-        TierErrorKind::InvalidRequest => "invalid_request",
-        _ => "other",
-    }
-}
-
-/// Per-thread memo of the last few `(observer, cache, tier)` children, so that the hot path
-/// (hits and misses) costs a few string compares and one atomic increment: no lock, no hash,
-/// no reference-count traffic.
-struct Memo {
-    observer: u64,
-    cache: Box<str>,
-    tier: Box<str>,
-    children: Arc<TierChildren>,
-}
-
-const MEMO_SLOTS: usize = 4;
-
-thread_local! {
-    static MEMO: std::cell::RefCell<(usize, [Option<Memo>; MEMO_SLOTS])> =
-        const { std::cell::RefCell::new((0, [None, None, None, None])) };
-}
-
-static NEXT_OBSERVER_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
-
-impl PrometheusObserver {
-    #[inline]
-    fn count(&self, cache: &str, tier: &str, hit: bool) {
-        let done = MEMO
-            .try_with(|m| {
-                let m = m.try_borrow().ok()?;
-                let slot =
-                    m.1.iter().flatten().find(|s| s.observer == self.id && *s.tier == *tier && *s.cache == *cache)?;
-                if hit {
-                    slot.children.hit.inc()
-                } else {
-                    slot.children.miss.inc()
-                }
-                Some(())
-            })
-            .ok()
-            .flatten();
-        if done.is_none() {
-            self.count_slow(cache, tier, hit);
-        }
-    }
-
-    #[cold]
-    #[inline(never)]
-    fn count_slow(&self, cache: &str, tier: &str, hit: bool) {
-        let children = self.tier(cache, tier);
-        if hit {
-            children.hit.inc()
-        } else {
-            children.miss.inc()
-        }
-        let _ = MEMO.try_with(|m| {
-            if let Ok(mut m) = m.try_borrow_mut() {
-                let i = m.0 % MEMO_SLOTS;
-                m.0 = m.0.wrapping_add(1);
-                m.1[i] = Some(Memo { observer: self.id, cache: cache.into(), tier: tier.into(), children });
-            }
-        });
-    }
-}
-
-impl CacheObserver for PrometheusObserver {
-    #[inline]
-    fn on_event(&self, event: &CacheEvent<'_>) {
-        match event {
-            CacheEvent::Hit { cache, tier } => self.count(cache, tier, true),
-            CacheEvent::Miss { cache, tier } => self.count(cache, tier, false),
-            other => self.on_rare_event(other),
-        }
-    }
-}
-
-impl PrometheusObserver {
-    #[inline(never)]
-    fn on_rare_event(&self, event: &CacheEvent<'_>) {
-        match event {
-            CacheEvent::StaleServed { cache, .. } => self.cache(cache).stale.inc(),
-            CacheEvent::Load { cache, duration, outcome } => {
-                self.cache(cache).loads[load_index(*outcome)].observe(duration.as_secs_f64());
-            }
-            CacheEvent::Coalesced { cache } => self.cache(cache).coalesced.inc(),
-            CacheEvent::EarlyRefresh { cache } => self.cache(cache).early_refresh.inc(),
-            CacheEvent::TierError { cache, error } => {
-                self.tier(cache, error.tier()).error.inc();
-                let c = self.cache(cache);
-                let t = self.tier_label(error.tier());
-                self.f.tier_errors.with_label_values(&[c.label.as_str(), &t, tier_error_kind(error.kind())]).inc();
-            }
-            CacheEvent::DecodeError { cache, tier, .. } => self.decode_error(cache, tier, "frame"),
-            CacheEvent::CodecRejected { cache, tier, .. } => self.decode_error(cache, tier, "codec"),
-            CacheEvent::Eviction { cache } => self.cache(cache).evictions.inc(),
-            CacheEvent::InvalidationReceived { cache } => self.cache(cache).received.inc(),
-            CacheEvent::BusError { cache, .. } => self.cache(cache).bus_errors.inc(),
-            CacheEvent::Resync { cache } => self.cache(cache).resyncs.inc(),
-            CacheEvent::BreakerTransition { tier, to, .. } => {
-                let t = self.tier_label(tier);
-                self.f.breaker_transitions.with_label_values(&[&t, to.as_str()]).inc();
-                self.pull.cache_breakers.with_label_values(&[&t]).set(breaker_value(*to));
-            }
-            CacheEvent::LockAcquired { cache } => self.cache(cache).lock_acquired.inc(),
-            CacheEvent::LockWaited { cache, found } => {
-                let c = self.cache(cache);
-                if *found { c.lock_found.inc() } else { c.lock_timeout.inc() }
-            }
-            CacheEvent::WriteBehindBacklog { cache, backlog } => {
-                let c = self.cache(cache);
-                let gauge = c.backlog.get_or_init(|| self.f.backlog.with_label_values(&[c.label.as_str()]));
-                gauge.set(i64::try_from(*backlog).unwrap_or(i64::MAX));
-            }
-            CacheEvent::WriteBehindFlush { cache, entries, duration, ok } => {
-                let c = self.cache(cache);
-                let result = if *ok { "ok" } else { "error" };
-                self.f.flush.with_label_values(&[c.label.as_str(), result]).observe(duration.as_secs_f64());
-                self.f.flushed_entries.with_label_values(&[c.label.as_str(), result]).inc_by(*entries as u64);
-            }
-            CacheEvent::TagInvalidated { cache } => self.cache(cache).tag_invalidations.inc(),
-            _ => {}
-        }
-    }
-
-    fn decode_error(&self, cache: &str, tier: &str, kind: &str) {
-        let c = self.cache(cache);
-        let t = self.tier_label(tier);
-        self.f.decode_errors.with_label_values(&[c.label.as_str(), &t, kind]).inc();
-    }
-}
-
-impl ResourceObserver for PrometheusObserver {
-    fn on_event(&self, event: &ResourceEvent) {
-        let f = &self.f;
-        match event {
-            ResourceEvent::Admitted { qos, waited, .. } => {
-                f.allocations.with_label_values(&[qos_label(*qos)]).inc();
-                if *waited > Duration::ZERO {
-                    f.wait.observe(waited.as_secs_f64());
-                }
-            }
-            ResourceEvent::Denied { .. } => f.denials.inc(),
-            ResourceEvent::Queued { .. } => f.queued.inc(),
-            ResourceEvent::Preempted { .. } => f.preemptions.inc(),
-            ResourceEvent::Released { .. } => f.releases.inc(),
-            ResourceEvent::Reclaimed { reason, .. } => {
-                let r = if reason.contains("lease") { "lease_expired" } else { "grace_period_over" };
-                f.reclaims.with_label_values(&[r]).inc();
-            }
-            ResourceEvent::BreakerStateChanged { resource, state } => {
-                let label = self.caps.resources.admit(&resource.to_string());
-                f.resource_breakers.with_label_values(&[&label]).set(resource_breaker_value(*state));
-            }
-            ResourceEvent::Utilization { resource, component, ratio } => {
-                let label = self.caps.resources.admit(&resource.to_string());
-                let component = if matches!(*component, "allocated" | "actual") { component } else { OTHER };
-                f.utilization.with_label_values(&[&label, component]).set(*ratio);
-            }
-            _ => {}
-        }
-    }
-}
-
-fn qos_label(qos: strata_resource_qos::QosClass) -> &'static str {
-    use strata_resource_qos::QosClass;
-    match qos {
-        QosClass::Guaranteed => "guaranteed",
-        QosClass::Burstable => "burstable",
-        QosClass::BestEffort => "best_effort",
     }
 }
 

@@ -1,6 +1,7 @@
 use std::time::Duration;
 
 use strata_cache_core::{BreakerState, CacheEvent, CacheObserver, LoadOutcome, StaleReason, TierError, TierErrorKind};
+#[cfg(feature = "resources")]
 use strata_resource_qos::{
     BreakerState as RBreaker, QosClass, ResourceEvent, ResourceKind, ResourceList, ResourceObserver,
 };
@@ -42,7 +43,13 @@ fn exercise(m: &PrometheusObserver) {
     CacheObserver::on_event(m, &CacheEvent::DecodeError { cache: c, tier: "redis", error: &frame_err });
     let codec_err = strata_cache_core::CodecError::Integrity { codec: "aes-gcm" };
     CacheObserver::on_event(m, &CacheEvent::CodecRejected { cache: c, tier: "redis", error: &codec_err });
+    #[cfg(feature = "resources")]
+    exercise_resources(m);
+}
 
+/// Feeds one resource event of every kind the observer handles.
+#[cfg(feature = "resources")]
+fn exercise_resources(m: &PrometheusObserver) {
     let mut req = ResourceList::new();
     req.set(ResourceKind::Gpu, 1);
     let revents = [
@@ -74,6 +81,7 @@ fn every_described_family_is_exported_after_its_events() {
     exercise(&m);
     m.watch_l1("users", || (3, 300));
     m.watch_breaker("sql", || Some(BreakerState::HalfOpen));
+    #[cfg(feature = "resources")]
     m.watch_resources(|| strata_resource_qos::UsageSnapshot {
         capacity: [(ResourceKind::Cpu, 4000)].into_iter().collect(),
         used: [(ResourceKind::Cpu, 1000)].into_iter().collect(),
@@ -81,7 +89,13 @@ fn every_described_family_is_exported_after_its_events() {
         waiters: 1,
     });
     let text = m.encode_text();
-    assert!(m.metric_names().len() >= 30, "{:?}", m.metric_names());
+    let families = if cfg!(feature = "resources") { 30 } else { 17 };
+    assert!(m.metric_names().len() >= families, "{:?}", m.metric_names());
+    assert_eq!(
+        m.metric_names().iter().any(|(n, _)| n.starts_with("strata_resource_")),
+        cfg!(feature = "resources"),
+        "resource families exactly when the `resources` feature is on"
+    );
     for (name, kind) in m.metric_names() {
         let series = if *kind == MetricKind::Histogram { format!("{name}_count") } else { name.clone() };
         assert!(text.lines().any(|l| l.starts_with(&series)), "{series} missing from:\n{text}");
@@ -96,15 +110,21 @@ fn every_described_family_is_exported_after_its_events() {
     assert_eq!(line_value(&text, r#"strata_cache_breaker_state{tier="sql"}"#), Some(1.0));
     assert_eq!(line_value(&text, r#"strata_cache_write_behind_backlog{cache="users"}"#), Some(17.0));
     assert_eq!(line_value(&text, r#"strata_cache_l1_weight_bytes{cache="users"}"#), Some(300.0));
-    assert_eq!(
-        line_value(&text, r#"strata_resource_utilization_ratio{component="allocated",resource_type="cpu"}"#),
-        Some(0.25)
-    );
-    assert_eq!(
-        line_value(&text, r#"strata_resource_utilization_ratio{component="allocated",resource_type="nvidia.com/gpu"}"#),
-        Some(0.5)
-    );
-    assert_eq!(line_value(&text, "strata_resource_queue_depth"), Some(1.0));
+    #[cfg(feature = "resources")]
+    {
+        assert_eq!(
+            line_value(&text, r#"strata_resource_utilization_ratio{component="allocated",resource_type="cpu"}"#),
+            Some(0.25)
+        );
+        assert_eq!(
+            line_value(
+                &text,
+                r#"strata_resource_utilization_ratio{component="allocated",resource_type="nvidia.com/gpu"}"#
+            ),
+            Some(0.5)
+        );
+        assert_eq!(line_value(&text, "strata_resource_queue_depth"), Some(1.0));
+    }
     assert_eq!(
         line_value(&text, r#"strata_cache_decode_errors_total{cache="users",kind="codec",tier="redis"}"#),
         Some(1.0)
