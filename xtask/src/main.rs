@@ -249,8 +249,9 @@ fn packages(meta: &serde_json::Value) -> Vec<&serde_json::Value> {
     meta["packages"].as_array().map(|a| a.iter().collect()).unwrap_or_default()
 }
 
-/// Leaves never depend on siblings (one stated exception); cache-core pulls in no heavy I/O
-/// dependency, even transitively.
+/// Leaves never depend on siblings (stated exceptions); cache-core depends on no Strata crate
+/// but the ground floor (strata-governance), which depends on no Strata crate at all; neither
+/// pulls in a heavy I/O dependency, even transitively.
 fn layering() -> Result {
     const LEAVES: [&str; 7] = [
         "strata-cache-redis",
@@ -279,6 +280,8 @@ fn layering() -> Result {
         "axum",
         "hyper",
     ];
+    // The crate every other may depend on (access, audit, breaker settings, correlation ids).
+    const GROUND_FLOOR: &str = "strata-governance";
     let meta = metadata(false)?;
     let mut problems = Vec::new();
     let pkgs = packages(&meta);
@@ -294,7 +297,11 @@ fn layering() -> Result {
             if kind == Some("dev") {
                 continue;
             }
-            if name == "strata-cache-core" && dep.starts_with("strata") {
+            // strata-governance is the ground floor: anyone may use it, and it uses no Strata crate.
+            if name == GROUND_FLOOR && dep.starts_with("strata") {
+                problems.push(format!("{GROUND_FLOOR} must not depend on {dep}"));
+            }
+            if name == "strata-cache-core" && dep.starts_with("strata") && dep != GROUND_FLOOR {
                 problems.push(format!("strata-cache-core must not depend on {dep}"));
             }
             if LEAVES.contains(&name) && LEAVES.contains(&dep) && !ALLOWED.contains(&(name, dep)) {
@@ -316,23 +323,27 @@ fn layering() -> Result {
             Some((n["id"].as_str()?, deps))
         })
         .collect();
-    let core =
-        by_id.iter().find(|(_, n)| **n == "strata-cache-core").map(|(id, _)| *id).ok_or("no strata-cache-core")?;
-    let mut seen = BTreeSet::new();
-    let mut stack = vec![core];
-    while let Some(id) = stack.pop() {
-        if !seen.insert(id) {
-            continue;
+    // Transitive normal dependencies of cache-core and of the ground floor: nothing heavy.
+    let mut closure = Vec::new();
+    for root in ["strata-cache-core", GROUND_FLOOR] {
+        let start = by_id.iter().find(|(_, n)| **n == root).map(|(id, _)| *id).ok_or(format!("no {root}"))?;
+        let mut seen = BTreeSet::new();
+        let mut stack = vec![start];
+        while let Some(id) = stack.pop() {
+            if !seen.insert(id) {
+                continue;
+            }
+            if let Some(name) = by_id.get(id)
+                && HEAVY.contains(name)
+            {
+                problems.push(format!("{root} pulls in {name}"));
+            }
+            stack.extend(graph.get(id).into_iter().flatten().copied());
         }
-        if let Some(name) = by_id.get(id)
-            && HEAVY.contains(name)
-        {
-            problems.push(format!("strata-cache-core pulls in {name}"));
-        }
-        stack.extend(graph.get(id).into_iter().flatten().copied());
+        closure.push(format!("{} in {root}'s", seen.len()));
     }
     if problems.is_empty() {
-        eprintln!("layering: ok ({} crates in cache-core's dependency closure)", seen.len());
+        eprintln!("layering: ok ({} dependency closure)", closure.join(", "));
         Ok(())
     } else {
         Err(problems.join("; "))

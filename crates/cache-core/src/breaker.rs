@@ -9,6 +9,9 @@
 //! - **Half-open**: up to `permitted_half_open_calls` probe calls go through; if they all
 //!   succeed the breaker closes, the first failure opens it again.
 //!
+//! The settings ([`BreakerConfig`]) and states ([`BreakerState`]) are the shared definitions of
+//! `strata-governance`, re-exported here; a config with `enabled: false` never opens.
+//!
 //! Errors of kind [`TierErrorKind::InvalidRequest`] and [`TierErrorKind::Unsupported`] say
 //! nothing about the backend's health and count neither as failures nor as successes.
 //!
@@ -26,7 +29,7 @@
 
 use std::collections::VecDeque;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -37,77 +40,7 @@ use crate::key::Key;
 use crate::observer::{CacheEvent, CacheObserver};
 use crate::tier::{StoredEntry, Tier, TierHealth};
 
-/// Settings of a [`CircuitBreaker`].
-#[derive(Debug, Clone, PartialEq)]
-pub struct BreakerConfig {
-    /// Failure rate (0 < r ≤ 1) at or above which the breaker opens.
-    pub failure_rate_threshold: f64,
-    /// Calls that must be recorded before the failure rate is considered.
-    pub minimum_calls: u32,
-    /// How many of the most recent outcomes are kept.
-    pub sliding_window: u32,
-    /// How long the breaker stays open before probing.
-    pub open_wait: Duration,
-    /// Probe calls allowed while half-open.
-    pub permitted_half_open_calls: u32,
-}
-
-impl Default for BreakerConfig {
-    fn default() -> Self {
-        Self {
-            failure_rate_threshold: 0.5,
-            minimum_calls: 10,
-            sliding_window: 50,
-            open_wait: Duration::from_secs(1),
-            permitted_half_open_calls: 3,
-        }
-    }
-}
-
-impl BreakerConfig {
-    /// Checks the settings.
-    pub fn validate(&self) -> Result<(), ConfigError> {
-        let r = self.failure_rate_threshold;
-        if !(r > 0.0 && r <= 1.0) {
-            return Err(ConfigError::new("breaker.failure_rate_threshold", format!("must be in (0, 1], got {r}")));
-        }
-        if self.minimum_calls == 0 {
-            return Err(ConfigError::new("breaker.minimum_calls", "must be greater than zero"));
-        }
-        if self.sliding_window < self.minimum_calls {
-            return Err(ConfigError::new(
-                "breaker.sliding_window",
-                format!("must be at least minimum_calls ({}), got {}", self.minimum_calls, self.sliding_window),
-            ));
-        }
-        if self.permitted_half_open_calls == 0 {
-            return Err(ConfigError::new("breaker.permitted_half_open_calls", "must be greater than zero"));
-        }
-        Ok(())
-    }
-}
-
-/// The state of a [`CircuitBreaker`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum BreakerState {
-    /// Calls go through.
-    Closed,
-    /// Calls fail fast.
-    Open,
-    /// A few probe calls go through.
-    HalfOpen,
-}
-
-impl BreakerState {
-    /// `closed`, `open` or `half_open`.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Closed => "closed",
-            Self::Open => "open",
-            Self::HalfOpen => "half_open",
-        }
-    }
-}
+pub use strata_governance::breaker::{BreakerConfig, BreakerState};
 
 enum Phase {
     Closed { window: VecDeque<bool>, failures: u32 },
@@ -207,6 +140,9 @@ impl CircuitBreaker {
     /// Asks to make a call: `Err(())` while open (or half-open with every probe slot taken).
     #[allow(clippy::result_unit_err)]
     pub fn try_call(&self) -> Result<Permit<'_>, ()> {
+        if !self.config.enabled {
+            return Ok(Permit { breaker: self, recorded: false });
+        }
         let mut phase = self.phase.lock();
         if let Phase::Open { since } = &*phase {
             if since.elapsed() < self.config.open_wait {
@@ -224,6 +160,9 @@ impl CircuitBreaker {
     }
 
     fn record(&self, success: bool) {
+        if !self.config.enabled {
+            return;
+        }
         let mut phase = self.phase.lock();
         match &mut *phase {
             Phase::Closed { window, failures } => {
@@ -378,6 +317,7 @@ impl<T: Tier> Tier for BreakerTier<T> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
     fn cfg() -> BreakerConfig {
         BreakerConfig {
@@ -386,6 +326,7 @@ mod tests {
             sliding_window: 8,
             open_wait: Duration::from_millis(30),
             permitted_half_open_calls: 2,
+            enabled: true,
         }
     }
 
@@ -454,6 +395,17 @@ mod tests {
         ] {
             assert!(CircuitBreaker::new(bad).is_err());
         }
+        let e = CircuitBreaker::new(BreakerConfig { minimum_calls: 0, ..cfg() }).unwrap_err();
+        assert_eq!(e.field, "breaker.minimum_calls");
+    }
+
+    #[test]
+    fn a_disabled_breaker_never_opens() {
+        let b = CircuitBreaker::new(BreakerConfig { enabled: false, ..cfg() }).unwrap();
+        for _ in 0..20 {
+            b.try_call().unwrap().record(false);
+        }
+        assert_eq!(b.state(), BreakerState::Closed);
     }
 
     /// Refuses every request as invalid (an error that says nothing about the backend).

@@ -202,6 +202,13 @@ impl ConfigError {
     }
 }
 
+/// A breaker setting out of range becomes `breaker.<setting>`.
+impl From<strata_governance::BreakerConfigError> for ConfigError {
+    fn from(e: strata_governance::BreakerConfigError) -> Self {
+        Self::new(format!("breaker.{}", e.field), e.reason)
+    }
+}
+
 /// The error type of [`Cache`](crate::Cache) operations.
 #[derive(Debug, Clone, thiserror::Error)]
 #[non_exhaustive]

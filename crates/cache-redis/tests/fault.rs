@@ -36,6 +36,7 @@ async fn redis_restart_mid_run() {
         sliding_window: 20,
         open_wait: Duration::from_millis(200),
         permitted_half_open_calls: 2,
+        enabled: true,
     };
     let tier = Arc::new(RedisTier::new(&config).unwrap().with_breaker(breaker).unwrap());
     let stats = CacheStats::new();

@@ -56,3 +56,33 @@ fn verify_detects_edits_deletions_and_truncation() {
     assert_eq!(code, 1, "truncation not detected: {text}");
     assert_eq!(run(&["frobnicate"]).0, 2);
 }
+
+/// The resource manager writes the same hash-chained log: `strata-audit verify` accepts it as
+/// written and names the first edited line.
+#[cfg(feature = "gpu")]
+#[test]
+fn verify_checks_a_resource_managers_log() {
+    use std::sync::Arc;
+    use strata::resource_qos::{AllocationRequest, ResourceKind, ResourceManager};
+
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("resources.jsonl");
+    let sink = Arc::new(JsonLinesAuditSink::open(&log).unwrap());
+    let m = ResourceManager::builder().capacity(ResourceKind::Cpu, 1000).audit_sink(sink).build().unwrap();
+    let a = m.try_allocate(AllocationRequest::new("ml", "alice").request(ResourceKind::Cpu, 600)).unwrap();
+    assert!(m.try_allocate(AllocationRequest::new("ml", "bob").request(ResourceKind::Cpu, 600)).is_err());
+    drop(a);
+    drop(m);
+    let path = log.to_str().unwrap();
+    let (code, text) = run(&["verify", path]);
+    assert_eq!(code, 0, "{text}");
+    assert!(text.contains("3 line(s) verified"), "{text}");
+
+    let original = std::fs::read_to_string(&log).unwrap();
+    assert!(original.lines().all(|l| l.contains("\"cache\":\"resources\"")), "{original}");
+    // Rewriting who was denied breaks the chain at that line.
+    std::fs::write(&log, original.replacen("\"bob\"", "\"eve\"", 1)).unwrap();
+    let (code, text) = run(&["verify", path]);
+    assert_eq!(code, 1, "edit not detected: {text}");
+    assert!(text.contains("line 2"), "{text}");
+}

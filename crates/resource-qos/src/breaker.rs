@@ -5,61 +5,20 @@
 //! requests that do **not** fit right now (the manager consults it after the capacity check). A
 //! request that fits is always admitted, and such admissions while the breaker is open count as
 //! successful probes: `half_open_probes` of them in a row close it, so the breaker closes as soon
-//! as work flows again rather than after `open_ms`.
+//! as work flows again rather than after `open_wait`.
+//!
+//! The settings are the shared [`BreakerConfig`] of `strata-governance` (one definition for
+//! cache tiers and resources; older `window`/`min_calls`/`open_ms`… keys still parse); this
+//! manager's default is [`BreakerConfig::resources`].
 
 use std::time::Duration;
 
-use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
+
+pub use strata_governance::breaker::BreakerConfig;
 
 use crate::BreakerState;
 use crate::deadline::after;
-
-/// Largest accepted [`BreakerConfig::window`] (each breaker keeps one flag per slot).
-const MAX_WINDOW: usize = 1 << 20;
-
-/// Circuit-breaker settings (one breaker per resource kind).
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct BreakerConfig {
-    /// Sliding window: the last `window` admission outcomes involving the resource.
-    pub window: usize,
-    /// No decision before this many outcomes are in the window.
-    pub min_calls: usize,
-    /// Open when failures / outcomes in the window reach this (0.0 < rate <= 1.0).
-    pub failure_rate: f64,
-    /// How long the breaker stays open before letting probes through, in milliseconds.
-    pub open_ms: u64,
-    /// Probe admissions allowed while half-open; that many successes close it, one failure reopens it.
-    pub half_open_probes: u32,
-    /// Set to `false` to disable breakers.
-    pub enabled: bool,
-}
-
-impl Default for BreakerConfig {
-    fn default() -> Self {
-        Self { window: 20, min_calls: 10, failure_rate: 0.5, open_ms: 5_000, half_open_probes: 3, enabled: true }
-    }
-}
-
-impl BreakerConfig {
-    pub(crate) fn validate(&self) -> Result<(), crate::QosError> {
-        let bad = |m: &str| Err(crate::QosError::InvalidConfig(format!("breaker: {m}")));
-        if self.window == 0 || self.min_calls == 0 || self.min_calls > self.window {
-            return bad("need 0 < min_calls <= window");
-        }
-        if self.window > MAX_WINDOW {
-            return bad("window must be at most 1048576 outcomes");
-        }
-        if !(self.failure_rate > 0.0 && self.failure_rate <= 1.0) {
-            return bad("failure_rate must be in (0, 1]");
-        }
-        if self.half_open_probes == 0 || self.open_ms == 0 {
-            return bad("open_ms and half_open_probes must be positive");
-        }
-        Ok(())
-    }
-}
 
 #[derive(Debug)]
 pub(crate) struct Breaker {
@@ -77,7 +36,7 @@ impl Breaker {
     pub(crate) fn new(cfg: &BreakerConfig) -> Self {
         Self {
             state: BreakerState::Closed,
-            ring: vec![false; cfg.window],
+            ring: vec![false; cfg.sliding_window as usize],
             pos: 0,
             filled: 0,
             failures: 0,
@@ -101,7 +60,7 @@ impl Breaker {
     /// May an admission involving this resource proceed? `Err(retry_after)` when not. The second
     /// value reports a state change.
     pub(crate) fn check(&mut self, cfg: &BreakerConfig, now: Instant) -> (Result<(), Duration>, Option<BreakerState>) {
-        let open_for = Duration::from_millis(cfg.open_ms);
+        let open_for = cfg.open_wait;
         match self.state {
             BreakerState::Closed => (Ok(()), None),
             BreakerState::Open => {
@@ -116,7 +75,7 @@ impl Breaker {
                 (Ok(()), Some(BreakerState::HalfOpen))
             }
             BreakerState::HalfOpen => {
-                if self.probes_started < cfg.half_open_probes {
+                if self.probes_started < cfg.permitted_half_open_calls {
                     self.probes_started += 1;
                     return (Ok(()), None);
                 }
@@ -144,7 +103,7 @@ impl Breaker {
             return None;
         }
         self.probes_ok = self.probes_ok.saturating_add(1);
-        if self.probes_ok >= cfg.half_open_probes {
+        if self.probes_ok >= cfg.permitted_half_open_calls {
             self.state = BreakerState::Closed;
             self.reset_window();
             return Some(BreakerState::Closed);
@@ -155,7 +114,7 @@ impl Breaker {
     pub(crate) fn on_failure(&mut self, cfg: &BreakerConfig, now: Instant) -> Option<BreakerState> {
         let open = |b: &mut Self| {
             b.state = BreakerState::Open;
-            b.until = Some(after(now, Duration::from_millis(cfg.open_ms)));
+            b.until = Some(after(now, cfg.open_wait));
             b.probes_ok = 0;
             b.reset_window();
             Some(BreakerState::Open)
@@ -163,7 +122,9 @@ impl Breaker {
         match self.state {
             BreakerState::Closed => {
                 self.push(true);
-                if self.filled >= cfg.min_calls && self.failures as f64 >= cfg.failure_rate * self.filled as f64 {
+                if self.filled >= cfg.minimum_calls as usize
+                    && self.failures as f64 >= cfg.failure_rate_threshold * self.filled as f64
+                {
                     open(self)
                 } else {
                     None
@@ -201,11 +162,11 @@ mod tests {
     #[test]
     fn opens_on_failure_rate_and_recovers_through_half_open() {
         let cfg = BreakerConfig {
-            window: 4,
-            min_calls: 4,
-            failure_rate: 0.5,
-            open_ms: 100,
-            half_open_probes: 2,
+            sliding_window: 4,
+            minimum_calls: 4,
+            failure_rate_threshold: 0.5,
+            open_wait: Duration::from_millis(100),
+            permitted_half_open_calls: 2,
             enabled: true,
         };
         let mut b = Breaker::new(&cfg);
@@ -227,11 +188,11 @@ mod tests {
     #[test]
     fn half_open_failure_reopens_and_old_failures_slide_out() {
         let cfg = BreakerConfig {
-            window: 3,
-            min_calls: 3,
-            failure_rate: 1.0,
-            open_ms: 10,
-            half_open_probes: 1,
+            sliding_window: 3,
+            minimum_calls: 3,
+            failure_rate_threshold: 1.0,
+            open_wait: Duration::from_millis(10),
+            permitted_half_open_calls: 1,
             enabled: true,
         };
         let mut b = Breaker::new(&cfg);
@@ -245,19 +206,19 @@ mod tests {
         let later = t0 + Duration::from_millis(10);
         assert!(b.check(&cfg, later).0.is_ok());
         assert_eq!(b.on_failure(&cfg, later), Some(BreakerState::Open));
-        assert!(BreakerConfig { failure_rate: 0.0, ..cfg.clone() }.validate().is_err());
-        assert!(BreakerConfig { min_calls: 4, ..cfg.clone() }.validate().is_err());
-        assert!(BreakerConfig { window: usize::MAX, min_calls: 1, ..cfg }.validate().is_err());
+        assert!(BreakerConfig { failure_rate_threshold: 0.0, ..cfg.clone() }.validate().is_err());
+        assert!(BreakerConfig { minimum_calls: 4, ..cfg.clone() }.validate().is_err());
+        assert!(BreakerConfig { sliding_window: u32::MAX, minimum_calls: 1, ..cfg }.validate().is_err());
     }
 
     #[test]
     fn success_while_open_half_opens_and_closes_after_enough_probes() {
         let cfg = BreakerConfig {
-            window: 2,
-            min_calls: 2,
-            failure_rate: 1.0,
-            open_ms: 60_000,
-            half_open_probes: 2,
+            sliding_window: 2,
+            minimum_calls: 2,
+            failure_rate_threshold: 1.0,
+            open_wait: Duration::from_millis(60_000),
+            permitted_half_open_calls: 2,
             enabled: true,
         };
         let mut b = Breaker::new(&cfg);
@@ -270,7 +231,7 @@ mod tests {
         assert_eq!(b.on_success(&cfg), None);
         assert_eq!(b.on_success(&cfg), Some(BreakerState::Closed), "two in a row");
         // One probe is enough when so configured; the window starts afresh.
-        let one = BreakerConfig { half_open_probes: 1, ..cfg.clone() };
+        let one = BreakerConfig { permitted_half_open_calls: 1, ..cfg.clone() };
         b.on_failure(&one, t0);
         assert_eq!(b.on_failure(&one, t0), Some(BreakerState::Open));
         assert_eq!(b.on_success(&one), Some(BreakerState::Closed));
@@ -280,11 +241,11 @@ mod tests {
     #[test]
     fn huge_open_time_saturates() {
         let cfg = BreakerConfig {
-            window: 1,
-            min_calls: 1,
-            failure_rate: 1.0,
-            open_ms: u64::MAX,
-            half_open_probes: u32::MAX,
+            sliding_window: 1,
+            minimum_calls: 1,
+            failure_rate_threshold: 1.0,
+            open_wait: Duration::MAX,
+            permitted_half_open_calls: u32::MAX,
             enabled: true,
         };
         assert!(cfg.validate().is_ok());

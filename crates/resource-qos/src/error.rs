@@ -159,3 +159,9 @@ impl QosError {
         }
     }
 }
+
+impl From<strata_governance::BreakerConfigError> for QosError {
+    fn from(e: strata_governance::BreakerConfigError) -> Self {
+        QosError::InvalidConfig(format!("breaker: {e}"))
+    }
+}

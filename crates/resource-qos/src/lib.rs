@@ -10,7 +10,8 @@
 //! `nvidia.com/gpu.shared` capacity.
 //!
 //! ## Admission pipeline
-//! 1. **RBAC** — an [`AccessPolicy`] decides whether the principal may allocate in the namespace.
+//! 1. **RBAC** — an [`AccessPolicy`] (the shared contract of `strata-governance`) decides
+//!    whether the principal may [`Action::Allocate`] in the namespace.
 //! 2. **LimitRange** — defaults for missing requests and limits, then `min`, `max` and
 //!    `max_limit_request_ratio`. The [`QosClass`] is derived from the result as Kubernetes does.
 //! 3. **ResourceQuota** — summed requests and limits per namespace, per priority-class scope.
@@ -66,8 +67,10 @@
 //! - [`CapacityDiscovery`] — cgroup v2 (`cpu.max`, `memory.max`, `memory.high`), Downward API
 //!   environment variables, host fallback.
 //! - [`monitor`] — usage sampling, decaying histograms, VPA-style and HPA-style recommendations.
-//! - [`ResourceObserver`], [`AuditSink`] and simple sinks ([`MemoryAuditSink`],
-//!   [`JsonLinesAuditSink`]).
+//! - [`ResourceObserver`], and the shared audit contract of `strata-governance`: [`AuditSink`],
+//!   [`AuditRecord`] (manager decisions as [`AuditAction`]s), [`MemoryAuditSink`], and the
+//!   hash-chained [`JsonLinesAuditSink`] whose log `strata-audit verify` checks. A failing sink
+//!   is logged and reported as [`ResourceEvent::AuditFailed`]; the decision stands.
 //!
 //! ## Concurrency
 //! One `parking_lot` mutex guards the accounting; it is never held across an `.await`, and
@@ -128,9 +131,9 @@ pub use manager::{
 };
 pub use name::MAX_NAME_LEN;
 pub use observe::{
-    AuditAction, AuditRecord, AuditSink, BreakerState, JsonLinesAuditSink, MemoryAuditSink, NoopAuditSink,
-    NoopObserver, ResourceEvent, ResourceObserver,
+    AuditAction, AuditError, AuditRecord, AuditSink, BreakerState, JsonLinesAuditSink, MemoryAuditSink, NoopAuditSink,
+    NoopObserver, Outcome, ResourceEvent, ResourceObserver,
 };
 pub use policy::{LimitRange, NamespacePolicy, PreemptionPolicy, PriorityClass, QosClass, QuotaScope, ResourceQuota};
-pub use rbac::{AccessPolicy, AllowAll, StaticRbac};
+pub use rbac::{AccessDenied, AccessPolicy, Action, AllowAll, Principal, RESOURCES, StaticRbac};
 pub use resource::{ResourceKind, ResourceList};

@@ -1,24 +1,28 @@
 //! Observability seams: every decision goes to a [`ResourceObserver`] (metrics, tracing) and the
 //! ones that matter for accountability to an [`AuditSink`].
+//!
+//! The audit contract is the shared one of `strata-governance` (re-exported): records are
+//! [`AuditRecord`]s naming [`RESOURCES`](crate::RESOURCES) as their target, and a
+//! [`JsonLinesAuditSink`] writes a hash-chained log that `strata-audit verify` checks.
+//!
+//! **A failing sink** does not undo the decision it records: records are written after the
+//! manager's lock is released, when the allocation (or denial, release…) has already taken
+//! effect. The failure is logged (`tracing::error!`) and reported to the observer as
+//! [`ResourceEvent::AuditFailed`], which metrics count; the caller's request still succeeds.
+//! Use a sink that cannot fail (or alert on that event) where every allocation must be on
+//! record.
 
-use std::io::Write;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
-use parking_lot::Mutex;
 use serde::Serialize;
 
-use crate::{QosClass, ResourceKind, ResourceList};
+pub use strata_governance::audit::{
+    AuditError, AuditRecord, AuditSink, JsonLinesAuditSink, MemoryAuditSink, NoopAuditSink, Outcome,
+};
+pub use strata_governance::breaker::BreakerState;
+use strata_governance::{Action, RESOURCES};
 
-/// State of a per-resource circuit breaker.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
-pub enum BreakerState {
-    /// Admissions flow.
-    Closed,
-    /// Admissions needing the resource fail fast.
-    Open,
-    /// A few probe admissions are let through.
-    HalfOpen,
-}
+use crate::{QosClass, ResourceKind, ResourceList};
 
 /// One observable decision or measurement.
 #[derive(Clone, Debug)]
@@ -100,6 +104,11 @@ pub enum ResourceEvent {
         /// 0.0 ..= 1.0 (may exceed 1.0 for actual usage above the allocation).
         ratio: f64,
     },
+    /// The audit sink refused a record (it was logged, not written; the decision stands).
+    AuditFailed {
+        /// The sink's error.
+        error: String,
+    },
 }
 
 /// Receives every [`ResourceEvent`]. Implement it to export metrics (the telemetry crate does).
@@ -127,7 +136,16 @@ impl ResourceObserver for NoopObserver {
     }
 }
 
-/// What an audit record is about.
+/// What a resource audit record is about: the manager's vocabulary, written into the shared
+/// [`AuditRecord`] as `action` + `outcome` (+ `detail`):
+///
+/// | variant | `action` | `outcome` |
+/// |---|---|---|
+/// | `Allocated` | `allocate` | `allowed` |
+/// | `Denied` | `allocate` | `denied` (reason in `detail`) |
+/// | `Released` | `release` | `allowed` |
+/// | `Preempted` | `preempt` | `allowed` (`by_priority=N; …` in `detail`) |
+/// | `Reclaimed` | `reclaim` | `allowed` (reason in `detail`) |
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum AuditAction {
@@ -146,130 +164,50 @@ pub enum AuditAction {
     Denied,
 }
 
-/// One audit record: who did what with which resources.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
-pub struct AuditRecord {
-    /// Milliseconds since the Unix epoch.
-    pub timestamp_ms: u64,
-    /// Who.
-    pub principal: String,
-    /// Where.
-    pub namespace: String,
-    /// What happened.
-    pub action: AuditAction,
-    /// Allocation id, if one exists.
-    pub allocation: Option<u64>,
-    /// Resources involved (requests).
-    pub resources: ResourceList,
-    /// Free text (denial reason, …).
-    pub detail: String,
-}
-
-impl AuditRecord {
-    pub(crate) fn now(
-        principal: &str,
-        namespace: &str,
-        action: AuditAction,
-        allocation: Option<u64>,
-        resources: ResourceList,
-        detail: String,
-    ) -> Self {
-        let timestamp_ms = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0);
-        Self {
-            timestamp_ms,
-            principal: principal.to_owned(),
-            namespace: namespace.to_owned(),
-            action,
-            allocation,
-            resources,
-            detail,
+impl AuditAction {
+    /// The shared action and outcome this becomes in an [`AuditRecord`].
+    pub fn action_and_outcome(&self) -> (Action, Outcome) {
+        match self {
+            Self::Allocated => (Action::Allocate, Outcome::Allowed),
+            Self::Denied => (Action::Allocate, Outcome::Denied),
+            Self::Released => (Action::Release, Outcome::Allowed),
+            Self::Preempted { .. } => (Action::Preempt, Outcome::Allowed),
+            Self::Reclaimed => (Action::Reclaim, Outcome::Allowed),
         }
     }
 }
 
-/// Receives audit records.
-pub trait AuditSink: Send + Sync + 'static {
-    /// Records one entry. Must not block for long; it runs outside the manager's lock.
-    fn record(&self, record: &AuditRecord);
-
-    /// Whether records should be built at all.
-    fn enabled(&self) -> bool {
-        true
+/// Builds the shared record of a resource decision (time and correlation id stamped now).
+pub(crate) fn audit_record(
+    principal: &str,
+    namespace: &str,
+    action: AuditAction,
+    allocation: Option<u64>,
+    resources: ResourceList,
+    detail: String,
+) -> AuditRecord {
+    let (act, outcome) = action.action_and_outcome();
+    let detail = match action {
+        AuditAction::Preempted { by_priority } if detail.is_empty() => format!("by_priority={by_priority}"),
+        AuditAction::Preempted { by_priority } => format!("by_priority={by_priority}; {detail}"),
+        _ => detail,
+    };
+    let mut record = AuditRecord::now(principal, act, RESOURCES, namespace, None, outcome)
+        .with_resources(resources.iter().map(|(k, q)| (k.to_string(), q)));
+    record.allocation = allocation;
+    if !detail.is_empty() {
+        record.detail = Some(detail);
     }
+    record
 }
 
-/// Discards every record (the default).
-#[derive(Clone, Copy, Debug, Default)]
-pub struct NoopAuditSink;
-
-impl AuditSink for NoopAuditSink {
-    fn record(&self, _record: &AuditRecord) {}
-    fn enabled(&self) -> bool {
-        false
-    }
-}
-
-/// Keeps records in memory (oldest dropped past `capacity`).
-#[derive(Debug)]
-pub struct MemoryAuditSink {
-    capacity: usize,
-    records: Mutex<std::collections::VecDeque<AuditRecord>>,
-}
-
-impl MemoryAuditSink {
-    /// Keeps at most `capacity` records.
-    #[must_use]
-    pub fn new(capacity: usize) -> Self {
-        Self { capacity: capacity.max(1), records: Mutex::new(Default::default()) }
-    }
-
-    /// A copy of the records, oldest first.
-    #[must_use]
-    pub fn records(&self) -> Vec<AuditRecord> {
-        self.records.lock().iter().cloned().collect()
-    }
-}
-
-impl AuditSink for MemoryAuditSink {
-    fn record(&self, record: &AuditRecord) {
-        let mut r = self.records.lock();
-        if r.len() == self.capacity {
-            r.pop_front();
-        }
-        r.push_back(record.clone());
-    }
-}
-
-/// Writes one JSON object per line to a writer (a file, stdout, a buffer).
-pub struct JsonLinesAuditSink<W: Write + Send + 'static> {
-    writer: Mutex<W>,
-}
-
-impl<W: Write + Send + 'static> std::fmt::Debug for JsonLinesAuditSink<W> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("JsonLinesAuditSink").finish_non_exhaustive()
-    }
-}
-
-impl<W: Write + Send + 'static> JsonLinesAuditSink<W> {
-    /// Wraps `writer`.
-    pub fn new(writer: W) -> Self {
-        Self { writer: Mutex::new(writer) }
-    }
-
-    /// Returns the writer.
-    pub fn into_inner(self) -> W {
-        self.writer.into_inner()
-    }
-}
-
-impl<W: Write + Send + 'static> AuditSink for JsonLinesAuditSink<W> {
-    fn record(&self, record: &AuditRecord) {
-        let mut w = self.writer.lock();
-        let res =
-            serde_json::to_writer(&mut *w, record).map_err(std::io::Error::from).and_then(|()| w.write_all(b"\n"));
-        if let Err(e) = res {
-            tracing::warn!(error = %e, "audit record could not be written");
+/// Writes `records` to `sink`; a failure is logged and reported to `observer` (see the module
+/// documentation), never propagated.
+pub(crate) fn record_all(sink: &dyn AuditSink, observer: &dyn ResourceObserver, records: &[AuditRecord]) {
+    for r in records {
+        if let Err(e) = sink.record(r) {
+            tracing::error!(error = %e, namespace = %r.namespace, action = %r.action, "resource audit record not written");
+            observer.on_event(&ResourceEvent::AuditFailed { error: e.to_string() });
         }
     }
 }

@@ -4,11 +4,14 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use strata_governance::audit::verify;
+use strata_governance::correlation::CorrelationId;
 use strata_gpu::{DevicePluginConfig, MigStrategy, ReplicatedResource, SimulatedInventory, TimeSlicing};
 use strata_resource_qos::{
-    AllocationRequest, AuditAction, BreakerConfig, BreakerState, JsonLinesAuditSink, LimitRange, ManagerConfig,
-    MemoryAuditSink, NamespacePolicy, PreemptionPolicy, PriorityClass, QosClass, QosError, QuotaScope, ResourceEvent,
-    ResourceKind, ResourceList, ResourceManager, ResourceObserver, ResourceQuota, Revocation, StaticRbac,
+    Action, AllocationRequest, AuditAction, AuditError, AuditRecord, AuditSink, BreakerConfig, BreakerState,
+    JsonLinesAuditSink, LimitRange, ManagerConfig, MemoryAuditSink, NamespacePolicy, Outcome, PreemptionPolicy,
+    PriorityClass, QosClass, QosError, QuotaScope, RESOURCES, ResourceEvent, ResourceKind, ResourceList,
+    ResourceManager, ResourceObserver, ResourceQuota, Revocation, StaticRbac,
 };
 
 const GI: u64 = 1 << 30;
@@ -106,7 +109,7 @@ fn bad_input_is_a_typed_error() {
 
 #[test]
 fn rbac_denies_and_audits() {
-    let audit = Arc::new(MemoryAuditSink::new(100));
+    let audit = Arc::new(MemoryAuditSink::bounded(100));
     let m = ResourceManager::builder()
         .capacity(ResourceKind::Cpu, 1000)
         .access_policy(Arc::new(StaticRbac::new().bind("alice", "ml")))
@@ -117,8 +120,12 @@ fn rbac_denies_and_audits() {
     let denied = m.try_allocate(AllocationRequest::new("prod", "alice").request(ResourceKind::Cpu, 100));
     assert!(matches!(denied, Err(QosError::Forbidden { .. })));
     drop(ok);
-    let actions: Vec<AuditAction> = audit.records().into_iter().map(|r| r.action).collect();
-    assert_eq!(actions, vec![AuditAction::Allocated, AuditAction::Denied, AuditAction::Released]);
+    let actions: Vec<(Action, Outcome)> = audit.records().into_iter().map(|r| (r.action, r.outcome)).collect();
+    let expected = [AuditAction::Allocated, AuditAction::Denied, AuditAction::Released].map(|a| a.action_and_outcome());
+    assert_eq!(actions, expected);
+    assert_eq!(actions[0], (Action::Allocate, Outcome::Allowed));
+    assert_eq!(actions[1], (Action::Allocate, Outcome::Denied));
+    assert_eq!(actions[2], (Action::Release, Outcome::Allowed));
     assert_eq!(audit.records()[1].namespace, "prod");
 }
 
@@ -343,11 +350,11 @@ async fn bounded_queue_fails_fast_with_retry_after() {
 #[tokio::test(start_paused = true)]
 async fn breaker_opens_on_exhaustion_and_recovers() {
     let cfg = BreakerConfig {
-        window: 4,
-        min_calls: 4,
-        failure_rate: 0.75,
-        open_ms: 1000,
-        half_open_probes: 1,
+        sliding_window: 4,
+        minimum_calls: 4,
+        failure_rate_threshold: 0.75,
+        open_wait: Duration::from_millis(1000),
+        permitted_half_open_calls: 1,
         enabled: true,
     };
     let m = ResourceManager::builder()
@@ -423,6 +430,7 @@ impl ResourceObserver for Recorder {
             ResourceEvent::Admitted { .. } => "admitted",
             ResourceEvent::Denied { .. } => "denied",
             ResourceEvent::Released { .. } => "released",
+            ResourceEvent::AuditFailed { .. } => "audit_failed",
             ResourceEvent::Utilization { .. } => return,
             _ => "other",
         };
@@ -433,7 +441,9 @@ impl ResourceObserver for Recorder {
 #[test]
 fn observer_and_json_lines_audit_see_decisions() {
     let rec = Arc::new(Recorder::default());
-    let sink = Arc::new(JsonLinesAuditSink::new(Vec::<u8>::new()));
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("resources.jsonl");
+    let sink = Arc::new(JsonLinesAuditSink::open(&path).unwrap());
     let m = ResourceManager::builder()
         .capacity(ResourceKind::Cpu, 100)
         .observer(rec.clone())
@@ -445,13 +455,61 @@ fn observer_and_json_lines_audit_see_decisions() {
     drop(a);
     assert_eq!(*rec.0.lock().unwrap(), vec!["admitted", "denied", "released"]);
     drop(m);
-    let bytes = Arc::try_unwrap(sink).unwrap().into_inner();
-    let lines: Vec<serde_json::Value> =
-        String::from_utf8(bytes).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let text = std::fs::read_to_string(&path).unwrap();
+    let lines: Vec<serde_json::Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
     assert_eq!(lines.len(), 3);
-    assert_eq!(lines[0]["action"], "allocated");
+    assert_eq!(lines[0]["action"], "allocate");
+    assert_eq!(lines[0]["outcome"], "allowed");
+    assert_eq!(lines[0]["cache"], RESOURCES);
     assert_eq!(lines[0]["resources"]["cpu"], 100);
-    assert_eq!(lines[1]["action"], "denied");
+    assert_eq!(lines[1]["action"], "allocate");
+    assert_eq!(lines[1]["outcome"], "denied");
+    assert_eq!(lines[2]["action"], "release");
+    // The resource audit log is hash-chained: it verifies as written (what `strata-audit verify`
+    // checks) ...
+    assert_eq!(verify(&path).unwrap().lines, 3);
+    // ... and an edited line (an allocation's size rewritten) breaks the chain at that line.
+    std::fs::write(&path, text.replacen("\"cpu\":100", "\"cpu\":1", 1)).unwrap();
+    assert!(matches!(verify(&path), Err(AuditError::Broken { line: 1, .. })), "{:?}", verify(&path));
+}
+
+/// An audit sink that refuses every record.
+struct FailingSink;
+
+impl AuditSink for FailingSink {
+    fn record(&self, _: &AuditRecord) -> Result<(), AuditError> {
+        Err(AuditError::Io { path: "nowhere".into(), message: "disk full".into() })
+    }
+}
+
+#[test]
+fn a_failing_audit_sink_is_reported_and_the_decision_stands() {
+    let rec = Arc::new(Recorder::default());
+    let m = ResourceManager::builder()
+        .capacity(ResourceKind::Cpu, 100)
+        .observer(rec.clone())
+        .audit_sink(Arc::new(FailingSink))
+        .build()
+        .unwrap();
+    let a = m.try_allocate(req(100)).expect("the allocation does not depend on the audit sink");
+    assert_eq!(m.usage().used.get(&ResourceKind::Cpu), Some(100));
+    drop(a);
+    assert_eq!(m.usage().used.get(&ResourceKind::Cpu), None);
+    // Each refused record (allocate, release) is reported to the observer.
+    assert_eq!(*rec.0.lock().unwrap(), vec!["admitted", "audit_failed", "released", "audit_failed"]);
+}
+
+#[tokio::test]
+async fn resource_audit_records_carry_the_correlation_id() {
+    let audit = Arc::new(MemoryAuditSink::new());
+    let m = ResourceManager::builder().capacity(ResourceKind::Cpu, 100).audit_sink(audit.clone()).build().unwrap();
+    let id = CorrelationId::new("req-77").unwrap();
+    let a = strata_governance::correlation::scope(id, async { m.allocate(req(10)).await.unwrap() }).await;
+    drop(a); // released outside the scope
+    let records = audit.records();
+    assert_eq!(records.len(), 2);
+    assert_eq!(records[0].correlation_id.as_deref(), Some("req-77"));
+    assert_eq!(records[1].correlation_id, None);
 }
 
 #[test]

@@ -9,8 +9,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use strata_resource_qos::{
-    AllocationRequest, AuditAction, BreakerConfig, BreakerState, LeaseId, MAX_NAME_LEN, MemoryAuditSink,
-    NamespacePolicy, PriorityClass, QosError, ResourceKind, ResourceList, ResourceManager, ResourceQuota, Revocation,
+    Action, AllocationRequest, BreakerConfig, BreakerState, LeaseId, MAX_NAME_LEN, MemoryAuditSink, NamespacePolicy,
+    Outcome, PriorityClass, QosError, ResourceKind, ResourceList, ResourceManager, ResourceQuota, Revocation,
 };
 use tokio::time::Instant;
 
@@ -128,7 +128,13 @@ async fn zero_and_tiny_durations() {
 /// and breaker open time.
 #[tokio::test(start_paused = true)]
 async fn configured_durations_at_their_maximum() {
-    let breaker = BreakerConfig { open_ms: u64::MAX, min_calls: 1, window: 1, failure_rate: 1.0, ..Default::default() };
+    let breaker = BreakerConfig {
+        open_wait: Duration::MAX,
+        minimum_calls: 1,
+        sliding_window: 1,
+        failure_rate_threshold: 1.0,
+        ..Default::default()
+    };
     let m = ResourceManager::builder()
         .capacity(ResourceKind::Cpu, 1000)
         .priority_class(PriorityClass::new("low", 0).global_default())
@@ -159,7 +165,7 @@ async fn configured_durations_at_their_maximum() {
     drop(again);
     assert_clean(&m);
     // Absurd breaker windows are refused before anything is allocated for them.
-    let huge = BreakerConfig { window: usize::MAX, ..Default::default() };
+    let huge = BreakerConfig { sliding_window: u32::MAX, ..Default::default() };
     assert!(matches!(
         ResourceManager::builder().capacity(ResourceKind::Cpu, 1).breaker(huge).build(),
         Err(QosError::InvalidConfig(_))
@@ -230,7 +236,7 @@ async fn maximal_quantities_never_overflow_the_books() {
 
 #[test]
 fn hostile_names_are_refused_with_a_typed_error_and_not_echoed() {
-    let audit = Arc::new(MemoryAuditSink::new(1000));
+    let audit = Arc::new(MemoryAuditSink::bounded(1000));
     let m = ResourceManager::builder()
         .capacity(ResourceKind::Cpu, 1000)
         .priority_class(PriorityClass::new("low", 0).global_default())
@@ -254,7 +260,7 @@ fn hostile_names_are_refused_with_a_typed_error_and_not_echoed() {
     }
     // The denials are audited with a bounded, escaped rendering of the name.
     for r in audit.records() {
-        assert_eq!(r.action, AuditAction::Denied);
+        assert_eq!((r.action, r.outcome), (Action::Allocate, Outcome::Denied));
         assert!(r.principal.len() < 300 && r.namespace.len() < 300);
         assert!(!r.principal.chars().any(char::is_control) && !r.namespace.chars().any(char::is_control));
     }
@@ -307,7 +313,7 @@ fn hostile_names_in_the_configuration_are_refused() {
 
 #[tokio::test(start_paused = true)]
 async fn only_the_owner_may_renew_or_release_a_lease() {
-    let audit = Arc::new(MemoryAuditSink::new(100));
+    let audit = Arc::new(MemoryAuditSink::bounded(100));
     let m = ResourceManager::builder().capacity(ResourceKind::Cpu, 1000).audit_sink(audit.clone()).build().unwrap();
     let a = m
         .try_allocate(
@@ -334,14 +340,14 @@ async fn only_the_owner_may_renew_or_release_a_lease() {
     assert_eq!(m.usage().used.get(&ResourceKind::Cpu), None, "expired: the intruder did not renew it");
     assert!(matches!(m.heartbeat("alice", lease), Err(QosError::LeaseNotHeld)));
     // Refusals are audited as denials, naming the intruder and the allocation, never the lease id.
-    let denials: Vec<_> = audit.records().into_iter().filter(|r| r.action == AuditAction::Denied).collect();
+    let denials: Vec<_> = audit.records().into_iter().filter(|r| r.outcome == Outcome::Denied).collect();
     assert_eq!(denials.len(), 15);
     assert!(denials.iter().all(|r| r.principal.len() < 300 && !r.principal.chars().any(char::is_control)));
     assert!(denials.iter().all(|r| r.allocation == Some(alloc_id) && r.namespace == "ml"));
     assert!(denials.iter().any(|r| r.principal == "bob"));
     let token = lease.to_string();
     for r in audit.records() {
-        assert!(!r.detail.contains(&token) && !r.principal.contains(&token));
+        assert!(!r.detail.as_deref().unwrap_or_default().contains(&token) && !r.principal.contains(&token));
     }
     assert!(!format!("{lease:?}").contains(&token[4..]), "Debug shows only a prefix");
     // A second lease, released by its owner after an intruder tried.
@@ -483,11 +489,11 @@ async fn after_a_flood_work_that_fits_is_admitted_at_once() {
 #[tokio::test(start_paused = true)]
 async fn partly_free_capacity_admits_what_fits_and_still_fails_fast_otherwise() {
     let cfg = BreakerConfig {
-        window: 4,
-        min_calls: 4,
-        failure_rate: 0.5,
-        open_ms: 60_000,
-        half_open_probes: 3,
+        sliding_window: 4,
+        minimum_calls: 4,
+        failure_rate_threshold: 0.5,
+        open_wait: Duration::from_millis(60_000),
+        permitted_half_open_calls: 3,
         enabled: true,
     };
     let m = ResourceManager::builder().capacity(ResourceKind::Cpu, 1000).breaker(cfg).build().unwrap();

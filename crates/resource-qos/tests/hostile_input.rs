@@ -390,8 +390,8 @@ proptest! {
 
     #[test]
     fn arbitrary_configuration_builds_or_is_refused_never_panics(
-        window in prop_oneof![Just(0usize), Just(usize::MAX), 0..64usize],
-        min_calls in prop_oneof![Just(0usize), 0..64usize],
+        window in prop_oneof![Just(0u32), Just(u32::MAX), 0..64u32],
+        min_calls in prop_oneof![Just(0u32), 0..64u32],
         failure_rate in prop_oneof![Just(f64::NAN), Just(f64::INFINITY), Just(-0.0), Just(1.0), any::<f64>(), 0.0..1.0f64],
         open_ms in any::<u64>(),
         half_open_probes in any::<u32>(),
@@ -402,7 +402,14 @@ proptest! {
         quota_name in name(),
         ratio in prop_oneof![Just(f64::NAN), Just(0.5), Just(1.0), Just(f64::MAX), any::<f64>()],
     ) {
-        let breaker = BreakerConfig { window, min_calls, failure_rate, open_ms, half_open_probes, enabled: true };
+        let breaker = BreakerConfig {
+            sliding_window: window,
+            minimum_calls: min_calls,
+            failure_rate_threshold: failure_rate,
+            open_wait: Duration::from_millis(open_ms),
+            permitted_half_open_calls: half_open_probes,
+            enabled: true,
+        };
         let policy = NamespacePolicy {
             limit_range: Some(LimitRange {
                 max_limit_request_ratio: [(ResourceKind::Cpu, ratio)].into_iter().collect(),
@@ -461,5 +468,10 @@ fn builder_for(s: &Settings) -> strata_resource_qos::ResourceManagerBuilder {
         .default_timeout(s.default_timeout)
         .grace_period(s.grace)
         .max_waiters(s.max_waiters)
-        .breaker(BreakerConfig { window: 4, min_calls: 2, open_ms: s.open_ms, ..Default::default() })
+        .breaker(BreakerConfig {
+            sliding_window: 4,
+            minimum_calls: 2,
+            open_wait: Duration::from_millis(s.open_ms),
+            ..Default::default()
+        })
 }

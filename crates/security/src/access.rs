@@ -1,88 +1,12 @@
-//! Access control: the [`AccessPolicy`] seam and [`RoleBasedPolicy`].
+//! Access control: [`RoleBasedPolicy`], an implementation of the [`AccessPolicy`] contract
+//! defined (with [`Principal`], [`Action`] and [`AccessDenied`]) in `strata-governance` and
+//! re-exported here.
 
 use std::collections::{HashMap, HashSet};
-use std::fmt;
-use std::sync::Arc;
 
-use serde::{Deserialize, Serialize};
+pub use strata_governance::access::{AccessDenied, AccessPolicy, Action, Principal};
 
 use crate::glob::{Pattern, PatternError};
-
-/// What a principal wants to do.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Action {
-    /// Read values (`get`, `get_or_load`).
-    Read,
-    /// Write values (`set`).
-    Write,
-    /// Invalidate keys or tags.
-    Invalidate,
-    /// Everything, including administrative operations (implies the other three).
-    Admin,
-}
-
-impl Action {
-    /// The lower-case name.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Action::Read => "read",
-            Action::Write => "write",
-            Action::Invalidate => "invalidate",
-            Action::Admin => "admin",
-        }
-    }
-}
-
-impl fmt::Display for Action {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-/// Who is asking: an id and the roles the authentication layer vouched for.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct Principal {
-    id: Arc<str>,
-    roles: Arc<[Arc<str>]>,
-}
-
-impl Principal {
-    /// A principal with roles.
-    pub fn new<R: AsRef<str>>(id: &str, roles: impl IntoIterator<Item = R>) -> Self {
-        Self { id: Arc::from(id), roles: roles.into_iter().map(|r| Arc::from(r.as_ref())).collect() }
-    }
-
-    /// The principal's id.
-    pub fn id(&self) -> &str {
-        &self.id
-    }
-
-    /// The roles it carries.
-    pub fn roles(&self) -> impl Iterator<Item = &str> {
-        self.roles.iter().map(|r| &**r)
-    }
-}
-
-/// A request was refused by the access policy.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("access denied: principal `{principal}` may not {action} in cache `{cache}`, namespace `{namespace}`")]
-pub struct AccessDenied {
-    /// The principal's id.
-    pub principal: String,
-    /// The action refused.
-    pub action: Action,
-    /// The cache.
-    pub cache: String,
-    /// The namespace.
-    pub namespace: String,
-}
-
-/// Decides whether a principal may perform an action on a cache namespace.
-pub trait AccessPolicy: Send + Sync + 'static {
-    /// `Ok(())` when allowed.
-    fn check(&self, principal: &Principal, action: Action, cache: &str, namespace: &str) -> Result<(), AccessDenied>;
-}
 
 /// One grant of a role: actions on caches and namespaces matching patterns.
 #[derive(Debug, Clone)]

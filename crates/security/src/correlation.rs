@@ -1,28 +1,17 @@
-//! Correlation ids carried by a task-local, so that audit records of one request share an id
-//! without threading it through every call.
+//! Correlation ids: the one task-local defined in `strata-governance`, re-exported, so that
+//! audit records of one request share an id without threading it through every call (and
+//! telemetry's log lines show the same id).
 //!
 //! ```
-//! use strata_security::correlation;
+//! use strata_security::correlation::{self, CorrelationId};
 //! # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
 //! assert_eq!(correlation::current(), None);
-//! let seen = correlation::scope("req-42", async { correlation::current() }).await;
-//! assert_eq!(seen.as_deref(), Some("req-42"));
+//! let id = CorrelationId::new("req-42").unwrap();
+//! let seen = correlation::scope(id, async { correlation::current() }).await;
+//! assert_eq!(seen.as_ref().map(|c| c.as_str()), Some("req-42"));
 //! # });
 //! ```
 
-use std::future::Future;
-use std::sync::Arc;
-
-tokio::task_local! {
-    static CORRELATION_ID: Arc<str>;
-}
-
-/// Runs `fut` with `id` as the current correlation id.
-pub async fn scope<F: Future>(id: impl Into<Arc<str>>, fut: F) -> F::Output {
-    CORRELATION_ID.scope(id.into(), fut).await
-}
-
-/// The correlation id of the current task, if it runs inside [`scope`].
-pub fn current() -> Option<Arc<str>> {
-    CORRELATION_ID.try_with(Arc::clone).ok()
-}
+pub use strata_governance::correlation::{
+    CorrelationId, InvalidCorrelationId, MAX_CORRELATION_ID_LEN, current, scope, sync_scope, task_local,
+};

@@ -108,7 +108,7 @@ async fn audit_levels_and_correlation_ids() {
     let s = secure(audit.clone()).await.audit_level(AuditLevel::Changes);
     let alice = Principal::new("alice", ["a-rw"]);
     let eve = Principal::new("eve", ["nobody"]);
-    correlation::scope("req-1", async {
+    correlation::scope(correlation::CorrelationId::new("req-1").unwrap(), async {
         s.set(&alice, "k".into(), "v".into()).await.unwrap();
         s.get(&alice, &"k".to_string()).await.unwrap();
         let _ = s.get(&eve, &"k".to_string()).await;

@@ -31,6 +31,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         sliding_window: 20,
         open_wait: Duration::from_secs(3),
         permitted_half_open_calls: 2,
+        enabled: true,
     };
     let l2_breaker = Arc::new(BreakerTier::with_observer(l2.clone(), config, metrics.clone())?);
     let cache: Cache<u64, String> = Cache::builder("products")

@@ -1,9 +1,15 @@
 //! Correlation ids: one id per request, carried across `.await`s and written into every log
 //! line.
 //!
-//! [`current`] returns the id set with [`with_correlation`] (a tokio task-local) if any, else
-//! the OpenTelemetry trace id of the current `tracing` span (with the `otel` feature, when the
-//! `tracing_setup` layer is installed and the span is sampled).
+//! The id type ([`CorrelationId`]) and the task-local that carries it are the shared ones of
+//! `strata-governance` (re-exported here), so an id set with [`with_correlation`] is the one
+//! the security and resource crates write into their audit records, and vice versa.
+//!
+//! [`current`] returns the task-local id if any, else the OpenTelemetry trace id of the current
+//! `tracing` span (with the `otel` feature, when the `tracing_setup` layer is installed and the
+//! span is sampled). Building a [`CorrelationLayer`] (or the OpenTelemetry layer) also installs
+//! that trace id as the fallback of `strata_governance::correlation::current`, so audit records
+//! written outside an explicit scope carry the trace id.
 //! [`CorrelationFormat`] wraps a `tracing-subscriber` event formatter and prefixes each line
 //! with `correlation_id=<id>`; [`CorrelationLayer`] (added after the OpenTelemetry layer)
 //! stores each span's trace id so that the formatter finds it (a subscriber cannot ask
@@ -38,81 +44,33 @@ use tracing_subscriber::layer::Context;
 use tracing_subscriber::layer::Layer;
 use tracing_subscriber::registry::LookupSpan;
 
-use crate::TelemetryError;
-
-/// The longest accepted correlation id, in bytes.
-pub const MAX_CORRELATION_ID_LEN: usize = 128;
-
-/// A request's correlation id: 1–128 chars of `[A-Za-z0-9_.:-]` (so it is safe in a log line
-/// and an HTTP header).
-#[derive(Clone, PartialEq, Eq, Hash)]
-pub struct CorrelationId(std::sync::Arc<str>);
-
-impl CorrelationId {
-    /// Validates and wraps an id (e.g. from an `x-correlation-id` header).
-    ///
-    /// # Errors
-    /// [`TelemetryError::Config`] when the id is empty, too long or has other characters.
-    pub fn new(id: &str) -> Result<Self, TelemetryError> {
-        if id.is_empty() || id.len() > MAX_CORRELATION_ID_LEN {
-            return Err(TelemetryError::Config(format!(
-                "correlation id must be 1..={MAX_CORRELATION_ID_LEN} bytes, got {}",
-                id.len()
-            )));
-        }
-        if let Some(c) = id.chars().find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | ':' | '-'))) {
-            return Err(TelemetryError::Config(format!(
-                "correlation id may only contain [A-Za-z0-9_.:-], found {c:?}"
-            )));
-        }
-        Ok(Self(id.into()))
-    }
-
-    /// A fresh random id (32 hex chars).
-    pub fn random() -> Self {
-        let (a, b) = (fastrand::u64(..), fastrand::u64(..));
-        Self(format!("{a:016x}{b:016x}").into())
-    }
-
-    /// The id.
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Display for CorrelationId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-impl fmt::Debug for CorrelationId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "CorrelationId({})", self.0)
-    }
-}
-
-tokio::task_local! {
-    static CORRELATION: CorrelationId;
-}
+pub use strata_governance::correlation::{CorrelationId, InvalidCorrelationId, MAX_CORRELATION_ID_LEN};
 
 /// Runs `fut` with `id` as the correlation id of everything it does (on this task).
 pub async fn with_correlation<F: Future>(id: CorrelationId, fut: F) -> F::Output {
-    CORRELATION.scope(id, fut).await
+    strata_governance::correlation::scope(id, fut).await
 }
 
 /// Runs `f` synchronously with `id` as the correlation id.
 pub fn sync_with_correlation<R>(id: CorrelationId, f: impl FnOnce() -> R) -> R {
-    CORRELATION.sync_scope(id, f)
+    strata_governance::correlation::sync_scope(id, f)
 }
 
 /// The current correlation id: the task-local one, else the current span's trace id (32 hex
 /// chars), else `None`.
 pub fn current() -> Option<CorrelationId> {
-    if let Ok(id) = CORRELATION.try_with(Clone::clone) {
-        return Some(id);
-    }
-    current_trace_id()
+    strata_governance::correlation::task_local().or_else(current_trace_id)
+}
+
+/// Makes the current trace id the fallback of `strata_governance::correlation::current` (what
+/// audit records read). Idempotent; called when the OpenTelemetry or correlation layer is built.
+pub fn install_trace_id_source() {
+    strata_governance::correlation::set_trace_id_source(current_trace_id);
+}
+
+#[cfg(feature = "otel")]
+fn trace_correlation(trace_id: impl fmt::Display) -> Option<CorrelationId> {
+    CorrelationId::new(&trace_id.to_string()).ok()
 }
 
 /// The OpenTelemetry trace id of the current `tracing` span, if it has a valid one (always
@@ -125,7 +83,7 @@ pub fn current_trace_id() -> Option<CorrelationId> {
     }
     let cx = span.context();
     let sc = cx.span().span_context().clone();
-    sc.is_valid().then(|| CorrelationId(sc.trace_id().to_string().into()))
+    if sc.is_valid() { trace_correlation(sc.trace_id()) } else { None }
 }
 
 /// The OpenTelemetry trace id of the current `tracing` span, if it has a valid one (always
@@ -150,8 +108,9 @@ pub struct CorrelationLayer {
 }
 
 impl CorrelationLayer {
-    /// A new layer.
+    /// A new layer (also installs [`install_trace_id_source`]).
     pub fn new() -> Self {
+        install_trace_id_source();
         Self::default()
     }
 }
@@ -171,8 +130,9 @@ where
         let sc = cx.span().span_context().clone();
         if sc.is_valid()
             && let Some(span) = ctx.span(id)
+            && let Some(c) = trace_correlation(sc.trace_id())
         {
-            span.extensions_mut().insert(SpanCorrelation(CorrelationId(sc.trace_id().to_string().into())));
+            span.extensions_mut().insert(SpanCorrelation(c));
         }
     }
 }
@@ -214,7 +174,7 @@ where
         mut writer: Writer<'_>,
         event: &tracing::Event<'_>,
     ) -> fmt::Result {
-        let id = CORRELATION.try_with(Clone::clone).ok().or_else(|| {
+        let id = strata_governance::correlation::task_local().or_else(|| {
             ctx.event_scope()?.find_map(|span| span.extensions().get::<SpanCorrelation>().map(|c| c.0.clone()))
         });
         if let Some(id) = id {
@@ -232,7 +192,7 @@ mod tests {
     fn ids_are_validated() {
         assert!(CorrelationId::new("req-1:abc_2.x").is_ok());
         for bad in ["", "a b", "x\ny", "é", &"a".repeat(129)] {
-            assert!(matches!(CorrelationId::new(bad), Err(TelemetryError::Config(_))), "{bad:?}");
+            assert!(matches!(CorrelationId::new(bad), Err(InvalidCorrelationId(_))), "{bad:?}");
         }
         let (a, b) = (CorrelationId::random(), CorrelationId::random());
         assert_ne!(a, b);

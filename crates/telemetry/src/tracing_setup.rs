@@ -155,6 +155,7 @@ impl TracingPipeline {
     where
         S: tracing::Subscriber + for<'a> LookupSpan<'a> + Send + Sync,
     {
+        crate::correlation::install_trace_id_source();
         tracing_opentelemetry::layer().with_tracer(self.provider.tracer("strata"))
     }
 

@@ -181,6 +181,7 @@ async fn open_breaker_makes_the_tier_unavailable() {
         sliding_window: 4,
         open_wait: Duration::from_secs(60),
         permitted_half_open_calls: 1,
+        enabled: true,
     };
     let breaker = Arc::new(BreakerTier::with_observer(l2.clone(), config, metrics.clone()).unwrap());
     let cache: Cache<u64, String> = Cache::builder("orders")

@@ -1,5 +1,6 @@
 //! `strata-audit`: checks the hash chain of a JSON-lines audit log written by
-//! `strata_security::JsonLinesAuditSink`.
+//! `strata_governance::JsonLinesAuditSink` (re-exported as `strata_security::JsonLinesAuditSink`
+//! and `strata_resource_qos::JsonLinesAuditSink`): cache access and resource-manager logs alike.
 //!
 //! ```text
 //! strata-audit verify <log> [--expect-last <hash>] [--secret-env VAR]

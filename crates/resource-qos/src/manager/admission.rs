@@ -15,7 +15,7 @@ use super::request::Prepared;
 use super::{Allocation, AllocationRequest, Effects, Inner, ResourceManager, State};
 use crate::QosError;
 use crate::deadline::after;
-use crate::observe::{AuditAction, AuditRecord, ResourceEvent};
+use crate::observe::{AuditAction, ResourceEvent};
 
 /// Outcome of the locked admission checks.
 enum Admit {
@@ -313,7 +313,7 @@ impl Inner {
             });
         }
         if self.auditing {
-            fx.audits.push(AuditRecord::now(
+            fx.audits.push(crate::observe::audit_record(
                 &c.principal,
                 &c.namespace,
                 AuditAction::Allocated,

@@ -11,7 +11,7 @@ use tokio::time::Instant;
 
 use super::{Effects, Inner, State};
 use crate::deadline::after;
-use crate::observe::{AuditAction, AuditRecord, ResourceEvent};
+use crate::observe::{AuditAction, ResourceEvent};
 use crate::{QosClass, QosError, ResourceList};
 
 /// Why an allocation stopped being held while its handle is alive.
@@ -276,7 +276,7 @@ impl Inner {
             fx.touched = true;
         }
         if self.auditing {
-            fx.audits.push(AuditRecord::now(
+            fx.audits.push(crate::observe::audit_record(
                 &c.principal,
                 &c.namespace,
                 action,
@@ -325,7 +325,7 @@ impl Inner {
         // The caller's name is not validated here: record it bounded and escaped.
         let principal = crate::name::sanitized(principal);
         if self.auditing {
-            fx.audits.push(AuditRecord::now(
+            fx.audits.push(crate::observe::audit_record(
                 &principal,
                 &namespace,
                 AuditAction::Denied,

@@ -49,7 +49,7 @@ impl Default for ManagerConfig {
             default_timeout_ms: 30_000,
             max_waiters: 1024,
             grace_period_ms: 30_000,
-            breaker: BreakerConfig::default(),
+            breaker: BreakerConfig::resources(),
         }
     }
 }

@@ -287,7 +287,7 @@ impl Inner {
             });
         }
         if self.auditing {
-            fx.audits.push(AuditRecord::now(
+            fx.audits.push(crate::observe::audit_record(
                 principal,
                 namespace,
                 AuditAction::Denied,
@@ -307,9 +307,7 @@ impl Inner {
         for e in &events {
             self.observer.on_event(e);
         }
-        for a in &audits {
-            self.audit.record(a);
-        }
+        crate::observe::record_all(&*self.audit, &*self.observer, &audits);
     }
 
     /// Kind indices back to a [`ResourceList`].

@@ -9,7 +9,7 @@ use super::allocation::ST_PREEMPTED;
 use super::request::Prepared;
 use super::{Effects, Inner, State};
 use crate::deadline::after;
-use crate::observe::{AuditAction, AuditRecord, ResourceEvent};
+use crate::observe::{AuditAction, ResourceEvent};
 
 impl Inner {
     /// Picks victims (strictly lower priority, preemptible, holding a short resource) in the
@@ -85,7 +85,7 @@ impl Inner {
             }
             if self.auditing {
                 let list = self.to_list(&r.req);
-                fx.audits.push(AuditRecord::now(
+                fx.audits.push(crate::observe::audit_record(
                     &r.principal,
                     &r.namespace,
                     AuditAction::Preempted { by_priority: p.priority },

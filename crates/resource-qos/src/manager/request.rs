@@ -149,7 +149,7 @@ impl Inner {
             }
         }
         let fail = |e: QosError| Err(self.deny(&namespace, &principal, e, Effects::default()));
-        if !self.access.may_allocate(&principal, &namespace) {
+        if !crate::rbac::may_allocate(&*self.access, &principal, &namespace) {
             return fail(QosError::Forbidden { principal: principal.to_string(), namespace: namespace.to_string() });
         }
         if let Some(name) = &priority_class
