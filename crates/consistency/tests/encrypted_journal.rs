@@ -146,18 +146,14 @@ fn segments(dir: &Path) -> Vec<PathBuf> {
     v
 }
 
-fn hex(b: &[u8]) -> String {
-    b.iter().map(|b| format!("{b:02x}")).collect()
-}
-
 /// Occurrences of the PII markers in any file of `dir`: raw, as hex (the dead-letter file's
 /// plaintext form, either case) and as postcard bytes.
 fn pii_hits(dir: &Path) -> Vec<(PathBuf, String)> {
     let mut needles: Vec<Vec<u8>> = Vec::new();
     for m in [KEY_MARK, VALUE_MARK, "alice.pii", "078-05"] {
         needles.push(m.as_bytes().to_vec());
-        needles.push(hex(m.as_bytes()).into_bytes());
-        needles.push(hex(m.as_bytes()).to_uppercase().into_bytes());
+        needles.push(strata_cache_core::text::hex::encode(m.as_bytes()).into_bytes());
+        needles.push(strata_cache_core::text::hex::encode(m.as_bytes()).to_uppercase().into_bytes());
     }
     let mut hits = Vec::new();
     for f in files(dir) {

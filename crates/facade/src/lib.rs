@@ -12,6 +12,9 @@
 //!   writer, bus, observer (and, with `gpu`, a GPU inventory).
 //! - Everything from [`strata_cache_core`] is re-exported: [`Cache`], the traits ([`Tier`],
 //!   [`Codec`], [`Loader`], [`InvalidationBus`], [`CacheObserver`], ...), [`EntryOptions`].
+//! - [`governance`] (always present, it is the ground floor every crate stands on): the one
+//!   `AccessPolicy`, the hash-chained `AuditSink` and its `verify`, `BreakerConfig`, correlation
+//!   ids and `hex`.
 //!
 //! Leaf crates join through features (`redis`, `sql`, `consistency`, `security`; telemetry as
 //! `prometheus`, `otel` and `admin`, or all three as `telemetry`; the resource manager as
@@ -87,6 +90,16 @@ pub use strata_cache_redis as redis;
 pub use strata_cache_sql as sql;
 #[cfg(feature = "consistency")]
 pub use strata_consistency as consistency;
+/// The ground floor ([`strata_governance`]): access policy, hash-chained audit, breaker
+/// configuration, correlation ids, hex.
+///
+/// ```
+/// use strata::governance::{AccessPolicy, Action, Principal, RESOURCES};
+/// assert_eq!(strata::governance::hex::encode(&[0x00, 0xab]), "00ab");
+/// let _ = (Action::Allocate, RESOURCES, Principal::id_only("alice"));
+/// fn _takes(_: &dyn AccessPolicy) {}
+/// ```
+pub use strata_governance as governance;
 #[cfg(feature = "resources")]
 pub use strata_gpu as gpu;
 #[cfg(feature = "resources")]

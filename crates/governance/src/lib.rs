@@ -15,6 +15,8 @@
 //!   [`BreakerState`].
 //! - [`correlation`]: [`CorrelationId`] and the one task-local that carries it; audit records
 //!   pick it up, and telemetry's log formatter prints it.
+//! - [`hex`]: lower-case hex `encode`/`decode`/`is_lower_hex`, the workspace's one copy
+//!   (`strata_cache_core::text::hex` re-exports it).
 //!
 //! ```
 //! use strata_governance::audit::{self, AuditRecord, AuditSink, JsonLinesAuditSink, Outcome};
@@ -54,6 +56,7 @@ pub mod access;
 pub mod audit;
 pub mod breaker;
 pub mod correlation;
+pub mod hex;
 
 pub use access::{AccessDenied, AccessPolicy, Action, Principal, RESOURCES};
 pub use audit::{

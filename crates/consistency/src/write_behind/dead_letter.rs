@@ -22,6 +22,7 @@ use std::path::Path;
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
+use strata_cache_core::text::hex::{decode as unhex, encode as hex};
 
 use crate::error::ConsistencyError;
 use crate::journal::{Domain, Sealer, decode_op, encode_op};
@@ -47,28 +48,6 @@ impl<K, V> std::fmt::Debug for DeadLetter<K, V> {
             .field("unix_ms", &self.unix_ms)
             .finish_non_exhaustive()
     }
-}
-
-fn hex(bytes: &[u8]) -> String {
-    use std::fmt::Write as _;
-    let mut s = String::with_capacity(bytes.len() * 2);
-    for b in bytes {
-        let _ = write!(s, "{b:02x}");
-    }
-    s
-}
-
-fn unhex(s: &str) -> Result<Vec<u8>, &'static str> {
-    if !s.len().is_multiple_of(2) {
-        return Err("odd number of hex digits");
-    }
-    let digit = |c: u8| match c {
-        b'0'..=b'9' => Ok(c - b'0'),
-        b'a'..=b'f' => Ok(c - b'a' + 10),
-        b'A'..=b'F' => Ok(c - b'A' + 10),
-        _ => Err("not a hex digit"),
-    };
-    s.as_bytes().chunks_exact(2).map(|p| Ok(digit(p[0])? << 4 | digit(p[1])?)).collect()
 }
 
 /// Appends entries (puts, then deletes) to the dead-letter file in `dir`, synced; sealed when

@@ -9,23 +9,9 @@ use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+use crate::hex::{encode as hex, is_lower_hex};
+
 use super::{AuditError, AuditRecord, AuditSink, GENESIS_HASH, MAX_LINE_LEN, MIN_CHAIN_SECRET_LEN};
-
-/// Encodes `bytes` as lower-case hex.
-fn hex(bytes: &[u8]) -> String {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    let mut s = String::with_capacity(bytes.len() * 2);
-    for b in bytes {
-        s.push(char::from(DIGITS[usize::from(b >> 4)]));
-        s.push(char::from(DIGITS[usize::from(b & 0xf)]));
-    }
-    s
-}
-
-/// Whether `s` is exactly `len` lower-case hex digits.
-fn is_lower_hex(s: &str, len: usize) -> bool {
-    s.len() == len && s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
-}
 
 /// One parsed line of a chained log.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

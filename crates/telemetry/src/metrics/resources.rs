@@ -31,6 +31,7 @@ pub(super) struct ResourceFamilies {
     releases: IntCounter,
     reclaims: IntCounterVec,
     breakers: IntGaugeVec,
+    audit_failures: IntCounter,
 }
 
 impl ResourceFamilies {
@@ -69,6 +70,10 @@ impl ResourceFamilies {
                 "Resource circuit breaker state (0 closed, 1 half-open, 2 open).",
                 &["resource_type"],
             )?,
+            audit_failures: IntCounter::new(
+                "strata_resource_audit_failures_total",
+                "Resource decisions whose audit record the audit sink refused (logged, not written).",
+            )?,
         })
     }
 
@@ -85,6 +90,7 @@ impl ResourceFamilies {
             (Box::new(self.releases.clone()), C),
             (Box::new(self.reclaims.clone()), C),
             (Box::new(self.breakers.clone()), G),
+            (Box::new(self.audit_failures.clone()), C),
         ]
     }
 }
@@ -195,6 +201,8 @@ impl ResourceObserver for PrometheusObserver {
                 let component = if matches!(*component, "allocated" | "actual") { component } else { OTHER };
                 f.utilization.with_label_values(&[&label, component]).set(*ratio);
             }
+            // The error text stays out of the metric (unbounded, may name paths): it is logged.
+            ResourceEvent::AuditFailed { .. } => f.audit_failures.inc(),
             _ => {}
         }
     }

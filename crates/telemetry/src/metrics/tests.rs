@@ -70,6 +70,7 @@ fn exercise_resources(m: &PrometheusObserver) {
         ResourceEvent::Reclaimed { id: 2, reason: "lease expired" },
         ResourceEvent::BreakerStateChanged { resource: ResourceKind::Gpu, state: RBreaker::Open },
         ResourceEvent::Utilization { resource: ResourceKind::Gpu, component: "allocated", ratio: 0.5 },
+        ResourceEvent::AuditFailed { error: "disk full: /var/log/strata/audit.jsonl".into() },
     ];
     for e in &revents {
         ResourceObserver::on_event(m, e);
@@ -90,7 +91,7 @@ fn every_described_family_is_exported_after_its_events() {
         waiters: 1,
     });
     let text = m.encode_text();
-    let families = if cfg!(feature = "resources") { 30 } else { 17 };
+    let families = if cfg!(feature = "resources") { 31 } else { 17 };
     assert!(m.metric_names().len() >= families, "{:?}", m.metric_names());
     assert_eq!(
         m.metric_names().iter().any(|(n, _)| n.starts_with("strata_resource_")),
@@ -125,6 +126,8 @@ fn every_described_family_is_exported_after_its_events() {
             Some(0.5)
         );
         assert_eq!(line_value(&text, "strata_resource_queue_depth"), Some(1.0));
+        assert_eq!(line_value(&text, "strata_resource_audit_failures_total"), Some(1.0));
+        assert!(!text.contains("disk full"), "the audit error text must not reach a label");
     }
     assert_eq!(
         line_value(&text, r#"strata_cache_decode_errors_total{cache="users",kind="codec",tier="redis"}"#),
