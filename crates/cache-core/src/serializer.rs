@@ -73,6 +73,23 @@ pub struct Postcard;
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Json;
 
+/// A shared serializer is a serializer: [`CacheBuilder::serializer`](crate::CacheBuilder::serializer)
+/// takes `Arc<S>` and `Arc<dyn Serializer<V>>` as well as a plain value.
+impl<V, S: Serializer<V> + ?Sized> Serializer<V> for std::sync::Arc<S> {
+    fn id(&self) -> u8 {
+        (**self).id()
+    }
+    fn name(&self) -> &'static str {
+        (**self).name()
+    }
+    fn serialize(&self, value: &V) -> Result<Vec<u8>, SerializeError> {
+        (**self).serialize(value)
+    }
+    fn deserialize(&self, bytes: &[u8]) -> Result<V, SerializeError> {
+        (**self).deserialize(bytes)
+    }
+}
+
 impl<V: Serialize + DeserializeOwned + Send + Sync + 'static> Serializer<V> for Postcard {
     fn id(&self) -> u8 {
         1

@@ -40,7 +40,7 @@ use crate::error::BoxError;
 ///
 /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
 /// let users = std::sync::Arc::new(Users { rows: HashMap::from([(1, "alice".to_string())]), calls: AtomicU64::new(0) });
-/// let cache: Cache<u64, String> = Cache::builder("users").loader_arc(users.clone()).build().await?;
+/// let cache: Cache<u64, String> = Cache::builder("users").loader(users.clone()).build().await?;
 /// assert_eq!(cache.get_or_load(&1).await?.as_deref().map(String::as_str), Some("alice"));
 /// assert_eq!(cache.get_or_load(&1).await?.as_deref().map(String::as_str), Some("alice"));
 /// assert_eq!(users.calls.load(Ordering::Relaxed), 1, "the second read is an L1 hit");
@@ -153,6 +153,16 @@ impl<F, K, V> FnLoader<F, K, V> {
     /// Wraps `f`.
     pub fn new(f: F) -> Self {
         Self { f, _p: PhantomData }
+    }
+}
+
+/// A shared loader is a loader: [`CacheBuilder::loader`](crate::CacheBuilder::loader) takes
+/// `Arc<L>` and `Arc<dyn Loader<K, V>>` as well as a plain value (the caller keeps a handle, e.g.
+/// to count calls).
+#[async_trait]
+impl<K: Sync + 'static, V: 'static, L: Loader<K, V> + ?Sized> Loader<K, V> for std::sync::Arc<L> {
+    async fn load(&self, key: &K) -> Result<Option<V>, BoxError> {
+        (**self).load(key).await
     }
 }
 

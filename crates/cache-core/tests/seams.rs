@@ -394,3 +394,38 @@ async fn a_tier_that_cannot_delete_a_tag_is_reported_and_its_copies_stay_hidden(
     assert_eq!(flaky.len(), 1, "the flaky tier still stores the entry");
     assert_eq!(cache.get(&1).await.unwrap(), None, "but it is never served");
 }
+
+/// The builder's one rule: a cache's own serializer and loader are values, and an `Arc` of one
+/// (concrete or `dyn`) is a value too — the caller keeps a handle and the cache uses the same
+/// object.
+#[tokio::test]
+async fn shared_serializer_and_loader_are_passed_as_arcs() {
+    struct Counting(AtomicUsize);
+    #[async_trait]
+    impl Loader<u64, String> for Counting {
+        async fn load(&self, id: &u64) -> Result<Option<String>, BoxError> {
+            self.0.fetch_add(1, Ordering::Relaxed);
+            Ok(Some(format!("v{id}")))
+        }
+    }
+    let loader = Arc::new(Counting(AtomicUsize::new(0)));
+    let as_dyn: Arc<dyn Loader<u64, String>> = loader.clone();
+    let serializer: Arc<dyn Serializer<String>> = Arc::new(Json);
+    let tier = Arc::new(MemoryTier::new("l2"));
+    let cache: Cache<u64, String> = Cache::builder("arcs")
+        .tier(tier.clone())
+        .serializer(serializer)
+        .loader(as_dyn)
+        .options(opts())
+        .build()
+        .await
+        .unwrap();
+    assert_eq!(cache.get_or_load(&7).await.unwrap().as_deref().map(String::as_str), Some("v7"));
+    assert_eq!(loader.0.load(Ordering::Relaxed), 1, "the caller's handle sees the cache's call");
+    // The frame in the tier was written by the shared JSON serializer (id 2): a second cache
+    // with a plain `Json` value reads it back.
+    let reader: Cache<u64, String> =
+        Cache::builder("arcs").no_l1().tier(tier).serializer(Json).options(opts()).build().await.unwrap();
+    assert_eq!(reader.get(&7).await.unwrap().as_deref().map(String::as_str), Some("v7"));
+    assert_eq!(loader.0.load(Ordering::Relaxed), 1);
+}

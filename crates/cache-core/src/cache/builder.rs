@@ -122,6 +122,11 @@ impl std::fmt::Debug for CacheDefaults {
 
 /// Builds a [`Cache`]. Defaults: an L1 of 10,000 entries, no remote tier, a 5-minute TTL, no
 /// early refresh, no fail-safe, the system clock (see [`CacheDefaults`]).
+///
+/// One rule for how parts are passed: a part that several caches (or the caller) share — tier,
+/// codec, observer, clock, bus, load lock — is an `Arc<dyn …>`; a part the cache owns — its
+/// serializer and loader, the weigher — is taken by value, and an `Arc` of one is a value too
+/// (`Arc<S>` implements [`Serializer`], `Arc<L>` implements [`Loader`]).
 #[must_use]
 pub struct CacheBuilder<K, V> {
     name: String,
@@ -229,27 +234,17 @@ where
         self
     }
 
-    /// Sets the serializer (required when there is a tier).
+    /// Sets the serializer (required when there is a tier). A shared one may be passed as an
+    /// `Arc` (`Arc<S>` and `Arc<dyn Serializer<V>>` are serializers).
     pub fn serializer(mut self, s: impl Serializer<V>) -> Self {
         self.serializer = Some(Arc::new(s));
         self
     }
 
-    /// Sets the serializer from an `Arc`.
-    pub fn serializer_arc(mut self, s: Arc<dyn Serializer<V>>) -> Self {
-        self.serializer = Some(s);
-        self
-    }
-
     /// Sets the loader used by [`Cache::get_or_load`], [`Cache::get_many`] and [`Cache::warm`].
+    /// Pass an `Arc` to keep a handle on it (`Arc<L>` and `Arc<dyn Loader<K, V>>` are loaders).
     pub fn loader(mut self, loader: impl Loader<K, V>) -> Self {
         self.loader = Some(Arc::new(loader));
-        self
-    }
-
-    /// Sets the loader from an `Arc`.
-    pub fn loader_arc(mut self, loader: Arc<dyn Loader<K, V>>) -> Self {
-        self.loader = Some(loader);
         self
     }
 
