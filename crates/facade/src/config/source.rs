@@ -32,7 +32,7 @@ pub(super) fn toml_syntax_error(text: &str, e: &toml::de::Error) -> ConfigError 
     }
 }
 
-/// The largest configuration file [`StrataConfig::load`] reads, in bytes (1 MiB).
+/// The largest configuration file [`StrataConfig::load`](super::StrataConfig::load) reads, in bytes (1 MiB).
 pub const MAX_CONFIG_BYTES: u64 = 1024 * 1024;
 
 /// Reads a configuration file: a regular file (or a link to one) of at most
