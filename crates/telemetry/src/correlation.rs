@@ -189,18 +189,6 @@ mod tests {
     use super::*;
 
     #[test]
-    fn ids_are_validated() {
-        assert!(CorrelationId::new("req-1:abc_2.x").is_ok());
-        for bad in ["", "a b", "x\ny", "é", &"a".repeat(129)] {
-            assert!(matches!(CorrelationId::new(bad), Err(InvalidCorrelationId(_))), "{bad:?}");
-        }
-        let (a, b) = (CorrelationId::random(), CorrelationId::random());
-        assert_ne!(a, b);
-        assert_eq!(a.as_str().len(), 32);
-        assert!(CorrelationId::new(a.as_str()).is_ok());
-    }
-
-    #[test]
     fn sync_scope_sets_and_unsets() {
         let id = CorrelationId::new("abc").unwrap();
         assert_eq!(sync_with_correlation(id.clone(), current), Some(id));
